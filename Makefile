@@ -1,0 +1,50 @@
+# shoprec: `make demo` and `make test` work on a fresh machine with Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export SHOPREC_SHARED_DIR ?= $(abspath $(CURDIR)/../shared)
+export PYTHONDONTWRITEBYTECODE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export GX_ANALYTICS_ENABLED := False
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+# DATA=synthetic (default, embedded) or DATA=beauty (real Amazon Beauty from ../shared, tracked by DVC)
+DATA ?= synthetic
+BEAUTY := seqfile:$(SHOPREC_SHARED_DIR)/datasets/amazon-beauty/Beauty.txt,attributes=$(SHOPREC_SHARED_DIR)/datasets/amazon-beauty/Beauty_item2attributes.json
+
+.PHONY: setup demo test lint repro lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/dvc config --local core.analytics false >/dev/null 2>&1 || true
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+ifeq ($(DATA),beauty)
+	$(BIN)/shoprec pipeline --source "$(BEAUTY)" --root outputs/beauty
+else
+	$(BIN)/shoprec pipeline
+endif
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+repro: setup
+	$(BIN)/dvc repro
+
+# Re-resolve the pinned set after changing pyproject.toml ranges.
+lock: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^shoprec' > requirements.lock
+
+clean:
+	rm -rf data models metrics reports outputs

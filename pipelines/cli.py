@@ -1,0 +1,157 @@
+"""``shoprec`` command line: one sub-command per stage, plus ``pipeline`` and ``summary``.
+
+Expected failures (bad input, failed validation) print one line and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import load_params
+from pipelines.errors import ShoprecError
+from pipelines.paths import Paths
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="shoprec: e-commerce recommendations from behaviour logs.")
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+RootOpt = Annotated[Path, typer.Option("--root", help="project root that holds data/, models/, reports/")]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log INFO as well")] = False) -> None:
+    """Quiet, structured logs by default; the noisy libraries only speak on warnings."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _run_stage(params_path: Path, root: Path, name: str, source: str | None = None) -> object:
+    from pipelines.run import stages
+
+    thunk = dict(stages(load_params(params_path), Paths(root), source))[name]
+    return thunk()
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="data set directory to write")] = Path("data/ingested"),
+    users: Annotated[int | None, typer.Option(help="override synthetic.users")] = None,
+    events_per_user: Annotated[float | None, typer.Option(help="override synthetic.events_per_user")] = None,
+    seed: Annotated[int | None, typer.Option(help="override synthetic.seed")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write the embedded synthetic Taobao-like data set."""
+    from pipelines.generate import generate as run
+
+    overrides = {k: v for k, v in {"users": users, "events_per_user": events_per_user, "seed": seed}.items()
+                 if v is not None}
+    syn = load_params(params).synthetic.model_copy(update=overrides)
+    manifest = run(out, syn, progress=True)
+    console.print(f"wrote {manifest.rows:,} events of {manifest.users:,} users to {out}")
+
+
+@app.command()
+def ingest(
+    source: Annotated[str | None, typer.Argument(help="taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH]"
+                                                " | csv:PATH,... | parquet:PATH,... | synthetic; default data.source")] = None,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Convert a source to the canonical data set under data/ingested."""
+    manifest = _run_stage(params, root, "ingest", source)
+    console.print(f"ingested {manifest.rows:,} events, {manifest.users:,} users, {manifest.items:,} items "
+                  f"into {Paths(root).ingested}")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path | None, typer.Option(help="data set to validate (default: the one just ingested)")] = None,
+    policy: Annotated[str | None, typer.Option(help="fail | quarantine (default: params validate.policy)")] = None,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Validate with Great Expectations; writes reports/validation/ and, on success, data/validated."""
+    from pipelines.validate import validate as run
+
+    paths = Paths(root)
+    vparams = load_params(params).validate_
+    if policy:
+        vparams = vparams.model_copy(update={"policy": policy})
+    report = run(data or paths.ingested, paths.validated, paths.reports, vparams)
+    console.print(f"validation passed: {report.rows:,} rows, {report.bad_rows:,} quarantined; "
+                  f"report {report.summary_path}")
+
+
+def _stage_command(name: str, doc: str) -> None:
+    def command(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")) -> None:
+        _run_stage(params, root, name)
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
+
+
+_stage_command("split", "Split the validated data into train / valid / test folds and targets.")
+_stage_command("features", "Encode the split for the models.")
+_stage_command("train", "Fit the configured model and the popularity baseline.")
+_stage_command("evaluate", "Full-ranking metrics on the test targets.")
+
+
+@app.command()
+def gate(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")) -> None:
+    """Check the candidate against the thresholds; promote it to models/champion on a pass."""
+    decision = _run_stage(params, root, "gate")
+    console.print(f"gate: {'PASSED, promoted' if decision.passed else 'REJECTED, champion unchanged'}")
+
+
+@app.command()
+def pipeline(
+    source: Annotated[str | None, typer.Option(help="ingest SOURCE (default: params data.source)")] = None,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run every stage in this process, then print the summary."""
+    from pipelines.run import stages
+
+    for name, thunk in stages(load_params(params), Paths(root), source):
+        start = time.perf_counter()
+        with console.status(f"{name} ..."):
+            thunk()
+        console.print(f"[green]ok[/] {name:<9} {time.perf_counter() - start:6.1f} s")
+    summary(root)
+
+
+@app.command()
+def summary(root: RootOpt = Path(".")) -> None:
+    """Print data rows, validation result, metrics and the gate decision of the last run."""
+    from pipelines.report import summary_table
+
+    table: Table = summary_table(Paths(root))
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except ShoprecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

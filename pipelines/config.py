@@ -1,0 +1,104 @@
+"""Typed view of ``params.yaml``: every stage takes its section of this model, never raw dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.errors import ShoprecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    # An ingest SOURCE spec (``taobao:PATH``, ``seqfile:PATH`` ...) or ``synthetic`` for the embedded generator.
+    source: str = "synthetic"
+
+
+class SyntheticParams(_Section):
+    users: int = Field(3000, ge=10)
+    items: int = Field(2000, ge=20)
+    categories: int = Field(30, ge=2)
+    events_per_user: float = Field(40.0, gt=1)
+    days: int = Field(9, ge=1)
+    start: str = "2017-11-25T00:00:00+00:00"
+    seed: int = 7
+
+
+class ValidateParams(_Section):
+    policy: Literal["fail", "quarantine"] = "fail"
+    # quarantine policy: the run goes on only if the quarantined fraction of rows is below this.
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    max_duplicate_fraction: float = Field(0.01, ge=0, le=1)
+    min_events_per_user: int = Field(3, ge=1)
+    # fraction of events that must belong to users with at least ``min_events_per_user`` events
+    min_trainable_fraction: float = Field(0.5, ge=0, le=1)
+    # a new data version may shrink by at most this fraction against the previous validated version
+    max_row_drop: float = Field(0.5, ge=0, le=1)
+    # override the source's documented window (ISO 8601); null keeps the manifest's window
+    window_start: str | None = None
+    window_end: str | None = None
+
+
+class SplitParams(_Section):
+    protocol: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    test_days: float = Field(1.0, gt=0)
+    valid_days: float = Field(1.0, gt=0)
+    # exclude items already in the user's history from targets and recommendations
+    exclude_seen: bool = True
+
+
+class TrainParams(_Section):
+    model: Literal["popularity", "covisit"] = "covisit"
+    event_weights: dict[str, float] = {"view": 1.0, "cart": 3.0, "fav": 2.0, "purchase": 4.0}
+    popularity_half_life_days: float = Field(3.0, gt=0)
+    covisit_window: int = Field(5, ge=1)
+    history_len: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class EvaluateParams(_Section):
+    ks: list[int] = [5, 10, 20]
+    bootstrap_samples: int = Field(1000, ge=0)
+    seed: int = 0
+
+
+class GateParams(_Section):
+    min_ndcg_at_10: float = 0.0
+    min_hr_at_10: float = 0.0
+    # the candidate must beat popularity on NDCG@10 by at least this, with the bootstrap CI above zero
+    min_lift_over_popularity: float = 0.0
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    synthetic: SyntheticParams = SyntheticParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and check ``params.yaml``; a bad field is reported as ``FILE: field: problem``."""
+    p = Path(path)
+    if not p.exists():
+        return Params()
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ShoprecError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ShoprecError(f"{p}: {field}: {err['msg']}") from None

@@ -1,0 +1,52 @@
+"""The whole pipeline in one process: the same stage functions that ``dvc repro`` runs one by one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.paths import Paths
+
+
+def stages(params: Params, paths: Paths, source: str | None = None) -> list[tuple[str, Callable[[], Any]]]:
+    """Each stage as (name, thunk), in dependency order; heavy libraries are imported when a stage runs."""
+
+    def ingest() -> Any:
+        from pipelines.ingest import ingest as run
+
+        return run(source or params.data.source, paths.ingested, progress=True)
+
+    def validate() -> Any:
+        from pipelines.validate import validate as run
+
+        return run(paths.ingested, paths.validated, paths.reports, params.validate_)
+
+    def split() -> Any:
+        from pipelines.split import run_split
+
+        return run_split(paths.validated, paths.split, params.split)
+
+    def features() -> Any:
+        from pipelines.features import run_features
+
+        return run_features(paths.split, paths.features)
+
+    def train() -> Any:
+        from pipelines.train import run_train
+
+        return run_train(paths.features, paths.candidate, params.train)
+
+    def evaluate() -> Any:
+        from pipelines.evaluate import run_evaluate
+
+        return run_evaluate(paths.features, paths.candidate, paths.metrics, params.evaluate, params.split)
+
+    def gate() -> Any:
+        from pipelines.gate import run_gate
+
+        return run_gate(paths.metrics / "metrics.json", paths.validation_summary, paths.candidate,
+                        paths.champion, paths.gate, params.gate)
+
+    return [("ingest", ingest), ("validate", validate), ("split", split), ("features", features),
+            ("train", train), ("evaluate", evaluate), ("gate", gate)]
