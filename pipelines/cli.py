@@ -25,6 +25,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+SOURCE_HELP = ("taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH] | csv:PATH,... | parquet:PATH,..."
+               " | synthetic; default: params data.source")
 RootOpt = Annotated[Path, typer.Option("--root", help="project root that holds data/, models/, reports/")]
 
 
@@ -65,8 +67,7 @@ def generate(
 
 @app.command()
 def ingest(
-    source: Annotated[str | None, typer.Argument(help="taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH]"
-                                                " | csv:PATH,... | parquet:PATH,... | synthetic; default data.source")] = None,
+    source: Annotated[str | None, typer.Argument(help=SOURCE_HELP)] = None,
     root: RootOpt = Path("."),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:

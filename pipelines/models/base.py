@@ -9,6 +9,9 @@ import numpy as np
 
 from pipelines.interactions import Interactions
 
+# Validation targets for early stopping: user codes and, per user, the target item codes.
+Targets = tuple[np.ndarray, list[np.ndarray]]
+
 
 class Recommender(ABC):
     """Scores the whole catalogue for a batch of users; ``recommend`` turns scores into top-k lists."""
@@ -16,8 +19,12 @@ class Recommender(ABC):
     name: str = "recommender"
 
     @abstractmethod
-    def fit(self, history: Interactions) -> Self:
-        """Learn from ``history`` (never from targets)."""
+    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
+        """Learn from ``history``; ``valid`` targets may only be used for early stopping (never test targets)."""
+
+    def with_history(self, history: Interactions) -> Self:
+        """Score against a longer history (e.g. train + valid for test) without re-tuning; cheap models refit."""
+        return self.fit(history)
 
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.interactions import Interactions
-from pipelines.models.base import Recommender
+from pipelines.models.base import Recommender, Targets
 from pipelines.models.popularity import popularity_scores
 
 
@@ -69,7 +69,7 @@ class CoVisitation(Recommender):
         self.history_len = history_len
         self.half_life_days = half_life_days
 
-    def fit(self, history: Interactions) -> Self:
+    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         self._history = history
         self.matrix_ = covisitation_matrix(history, self.event_weights, self.window)
         self.profile_ = recent_profile(history, self.event_weights, self.history_len)

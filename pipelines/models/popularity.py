@@ -7,7 +7,7 @@ from typing import Self
 import numpy as np
 
 from pipelines.interactions import Interactions
-from pipelines.models.base import Recommender
+from pipelines.models.base import Recommender, Targets
 
 DAY = 86_400.0
 
@@ -30,7 +30,7 @@ class Popularity(Recommender):
         self.event_weights = event_weights or {}
         self.half_life_days = half_life_days
 
-    def fit(self, history: Interactions) -> Self:
+    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         self._history = history
         self.item_scores_ = popularity_scores(history, self.event_weights, self.half_life_days)
         return self

@@ -1,0 +1,50 @@
+"""The gate promotes only a candidate that passes every check, atomically, and records why."""
+
+import json
+
+import pytest
+
+from pipelines.config import GateParams
+from pipelines.gate import decide, run_gate
+
+
+def metrics(ndcg=0.05, lift=(0.03, 0.01, 0.05)):
+    return {
+        "models": {"candidate": {"overall": {"ndcg@10": ndcg, "hr@10": 0.1}}},
+        "lift_vs_baseline": {"candidate": {"ndcg@10": dict(zip(("mean", "ci_low", "ci_high"), lift, strict=True))}},
+    }
+
+
+def test_passing_candidate():
+    d = decide(metrics(), {"success": True}, GateParams(min_ndcg_at_10=0.01))
+    assert d.passed and all(c.passed for c in d.checks)
+
+
+@pytest.mark.parametrize(
+    "m, validation, failed",
+    [
+        (metrics(ndcg=0.001), {"success": True}, "ndcg@10"),
+        (metrics(lift=(0.01, -0.002, 0.02)), {"success": True}, "lift_ndcg@10_ci_low_above_zero"),
+        (metrics(), {"success": False}, "data_validation_passed"),
+    ],
+)
+def test_each_check_can_reject(m, validation, failed):
+    d = decide(m, validation, GateParams(min_ndcg_at_10=0.01))
+    assert not d.passed
+    assert [c.name for c in d.checks if not c.passed] == [failed]
+
+
+def test_rejected_candidate_leaves_champion_untouched(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics(ndcg=0.0)))
+    (tmp_path / "validation.json").write_text(json.dumps({"success": True}))
+    cand, champ = tmp_path / "cand", tmp_path / "champ"
+    cand.mkdir(), champ.mkdir()
+    (cand / "m.joblib").write_text("new")
+    (champ / "m.joblib").write_text("old")
+    args = (tmp_path / "metrics.json", tmp_path / "validation.json", cand, champ, tmp_path / "gate.json")
+    assert not run_gate(*args, GateParams(min_ndcg_at_10=0.01)).passed
+    assert (champ / "m.joblib").read_text() == "old"
+    assert json.loads((tmp_path / "gate.json").read_text())["promoted_to"] is None
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics()))
+    assert run_gate(*args, GateParams()).passed
+    assert (champ / "m.joblib").read_text() == "new"
