@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 # DATA=synthetic (default, embedded) or DATA=beauty (real Amazon Beauty from ../shared, tracked by DVC)
 DATA ?= synthetic
-BEAUTY := seqfile:$(SHOPREC_SHARED_DIR)/datasets/amazon-beauty/Beauty.txt,attributes=$(SHOPREC_SHARED_DIR)/datasets/amazon-beauty/Beauty_item2attributes.json
+BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
 .PHONY: setup demo test lint repro lock clean
 
@@ -28,6 +28,7 @@ setup: $(STAMP)
 
 demo: setup
 ifeq ($(DATA),beauty)
+	$(BIN)/dvc pull -q data/raw/amazon-beauty.dvc
 	$(BIN)/shoprec pipeline --source "$(BEAUTY)" --root outputs/beauty
 else
 	$(BIN)/shoprec pipeline

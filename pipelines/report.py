@@ -24,7 +24,7 @@ def summary_rows(paths: Paths) -> list[tuple[str, str]]:
                              f"{manifest['items']:,} items ({manifest['source']})"))
     validation = _load(paths.validation_summary)
     if validation:
-        failed = [e["expectation"] for e in validation.get("expectations", []) if not e.get("success")]
+        failed = [e["name"] for e in validation.get("expectations", []) if not e.get("success")]
         rows.append(("validation", f"{'passed' if validation['success'] else 'FAILED'} ({validation['policy']}); "
                                    f"{validation.get('bad_rows', 0):,} bad rows"
                                    + (f"; failed: {', '.join(failed)}" if failed else "")))

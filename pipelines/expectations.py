@@ -1,0 +1,261 @@
+"""The Great Expectations suite for canonical events, and what each failure means for the data set.
+
+Each expectation is wrapped in a :class:`Check` that says whether its failing rows can be quarantined one by
+one (row level) or whether it judges the table as a whole, and how to explain a failure in one line.
+``great_expectations`` is imported inside the functions that use it: it costs ~4 s, too much for CLI start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.config import ValidateParams
+from pipelines.schema import EVENT_TYPES, REQUIRED_EVENT_COLUMNS
+
+# Column added to the validated frame: how many events the row's user has (for the training-size check).
+USER_EVENTS = "user_events"
+DUPLICATE_KEY: tuple[str, ...] = ("user_id", "item_id", "event_type", "ts")
+OPTIONAL_STRING_COLUMNS: tuple[str, ...] = ("category_id", "session_id")
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Window:
+    """The documented period of the events, ``[start, end)``; either bound may be unknown."""
+
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+
+    def __str__(self) -> str:
+        return f"{_iso(self.start)}..{_iso(self.end)}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One GX expectation plus how the pipeline acts on its failure."""
+
+    expectation: Any  # a great_expectations Expectation; typed loosely so this module imports without GX
+    row_level: bool  # failing rows can be quarantined; otherwise a failure rejects the whole table
+    problem: str  # one-line explanation; may use {count}, {percent}, {observed}, {examples}
+    keep_first: bool = False  # flagged rows are copies of one event: quarantine all but the first
+
+    @property
+    def name(self) -> str:
+        return str(self.expectation.expectation_type)
+
+    @property
+    def columns(self) -> list[str]:
+        column = getattr(self.expectation, "column", None)
+        return [column] if column else list(getattr(self.expectation, "column_list", None) or [])
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}({','.join(self.columns)})" if self.columns else self.name
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A check's GX validation result, with the fields the pipeline reads."""
+
+    check: Check
+    success: bool
+    result: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def unexpected_rows(self) -> list[int]:
+        return [int(i) for i in self.result.get("unexpected_index_list") or []]
+
+    def examples(self, n: int) -> list[Any]:
+        """The first ``n`` distinct unexpected values (a value repeated on many rows is shown once)."""
+        distinct: dict[str, Any] = {}
+        for value in self.result.get("unexpected_list") or []:
+            distinct.setdefault(repr(value), value)
+            if len(distinct) == n:
+                break
+        return list(distinct.values())
+
+    def message(self) -> str:
+        """Why this check failed, in one line, e.g. ``expect_...(ts): 4 rows outside A..B``."""
+        if self.error:
+            return f"{self.check.label}: error: {self.error.splitlines()[0]}"
+        examples = ", ".join(repr(v) for v in self.examples(3))
+        problem = self.check.problem.format(
+            count=self.result.get("unexpected_count") or 0,
+            percent=self.result.get("unexpected_percent") or 0.0,
+            observed=self.result.get("observed_value"),
+            examples=examples,
+        )
+        return f"{self.check.label}: {problem}"
+
+    def to_summary(self) -> dict[str, Any]:
+        """The per-expectation entry of ``summary.json`` (JSON-safe values only)."""
+        return {
+            "name": self.check.name,
+            "columns": self.check.columns,
+            "level": "row" if self.check.row_level else "table",
+            "success": self.success,
+            "unexpected_count": self.result.get("unexpected_count"),
+            "unexpected_percent": self.result.get("unexpected_percent"),
+            "examples": [_jsonable(v) for v in self.examples(_EXAMPLES)],
+            "example_rows": self.unexpected_rows[:_EXAMPLES],
+            "observed_value": _jsonable(self.result.get("observed_value")),
+            "error": self.error,
+            "message": None if self.success else self.message(),
+        }
+
+
+def build_checks(
+    columns: Collection[str],
+    window: Window,
+    catalogue: list[str] | None,
+    prev_rows: int | None,
+    params: ValidateParams,
+) -> list[Check]:
+    """The suite for a frame with ``columns``; checks on absent columns are left out (existence fails first)."""
+    _quiet_gx()
+    import great_expectations.expectations as gxe
+
+    checks = _schema_checks(gxe, columns)
+    checks += _row_checks(gxe, columns, window, catalogue, params)
+    checks += _volume_checks(gxe, columns, prev_rows, params)
+    return checks
+
+
+def _schema_checks(gxe: Any, columns: Collection[str]) -> list[Check]:
+    checks = [Check(gxe.ExpectColumnToExist(column=c), False, "column missing") for c in REQUIRED_EVENT_COLUMNS]
+    for column in [*REQUIRED_EVENT_COLUMNS, *OPTIONAL_STRING_COLUMNS]:
+        if column in columns:
+            # "Timestamp" matches only tz-aware datetimes, which the window comparison needs.
+            type_ = "Timestamp" if column == "ts" else "str"
+            expectation = gxe.ExpectColumnValuesToBeOfType(column=column, type_=type_)
+            checks.append(Check(expectation, False, f"type {{observed}}, expected {type_}"))
+    return checks
+
+
+def _row_checks(
+    gxe: Any, columns: Collection[str], window: Window, catalogue: list[str] | None, params: ValidateParams
+) -> list[Check]:
+    present = [c for c in REQUIRED_EVENT_COLUMNS if c in columns]
+    checks = [Check(gxe.ExpectColumnValuesToNotBeNull(column=c), True, "{count} null values") for c in present]
+    if "event_type" in columns:
+        expectation = gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES))
+        checks.append(Check(expectation, True, "{count} rows with unknown event types, e.g. {examples}"))
+    if "ts" in columns and (window.start is not None or window.end is not None):
+        expectation = gxe.ExpectColumnValuesToBeBetween(
+            column="ts", min_value=_py(window.start), max_value=_py(window.end), strict_max=True
+        )
+        checks.append(Check(expectation, True, f"{{count}} rows outside {window}"))
+    if set(DUPLICATE_KEY) <= set(columns):
+        allowed = params.max_duplicate_fraction
+        expectation = gxe.ExpectCompoundColumnsToBeUnique(column_list=list(DUPLICATE_KEY), mostly=1 - allowed)
+        problem = f"{{count}} rows in duplicated events ({{percent:.2f}}%, at most {allowed:.2%} allowed)"
+        checks.append(Check(expectation, True, problem, keep_first=True))
+    if catalogue is not None and "item_id" in columns:
+        expectation = gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=catalogue)
+        checks.append(Check(expectation, True, "{count} rows with items not in the catalogue, e.g. {examples}"))
+    return checks
+
+
+def _volume_checks(gxe: Any, columns: Collection[str], prev_rows: int | None, params: ValidateParams) -> list[Check]:
+    """Table-level size checks: enough history per user to train on, no sudden shrinkage between versions."""
+    checks = []
+    if "user_id" in columns:
+        k, share = params.min_events_per_user, params.min_trainable_fraction
+        expectation = gxe.ExpectColumnValuesToBeBetween(column=USER_EVENTS, min_value=k, mostly=share)
+        problem = f"{{percent:.1f}}% of rows from users with fewer than {k} events (at most {1 - share:.0%})"
+        checks.append(Check(expectation, False, problem))
+    if prev_rows is not None:
+        minimum = math.ceil(prev_rows * (1 - params.max_row_drop))
+        expectation = gxe.ExpectTableRowCountToBeBetween(min_value=minimum)
+        drop = params.max_row_drop
+        problem = f"{{observed}} rows, fewer than {minimum} (previous version {prev_rows}, max drop {drop:.0%})"
+        checks.append(Check(expectation, False, problem))
+    return checks
+
+
+def run_checks(frame: pd.DataFrame, checks: list[Check], docs_dir: Path) -> list[CheckResult]:
+    """Validate ``frame`` through a GX Checkpoint whose UpdateDataDocsAction renders Data Docs into ``docs_dir``."""
+    _quiet_gx()
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    for site in list(context.list_data_docs_sites()):  # the default site renders into a throwaway temp dir
+        context.delete_data_docs_site(site)
+    context.add_data_docs_site(
+        "local_site",
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = context.data_sources.add_pandas("shoprec").add_dataframe_asset("events")
+    suite = context.suites.add(gx.ExpectationSuite(name="canonical_events"))
+    by_id = {suite.add_expectation(check.expectation).id: check for check in checks}
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="events", data=batch.add_batch_definition_whole_dataframe("all"), suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": frame})
+    (validation,) = run.run_results.values()
+    results = {r.expectation_config.id: _check_result(by_id[r.expectation_config.id], r) for r in validation.results}
+    return [results[key] for key in by_id]
+
+
+def _check_result(check: Check, result: Any) -> CheckResult:
+    return CheckResult(check, bool(result.success), dict(result.result or {}), _error(result.exception_info or {}))
+
+
+def _error(info: dict[str, Any]) -> str | None:
+    """The exception message GX caught, if any; metric errors are nested under their metric id."""
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    nested = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    return str(nested[0].get("exception_message")) if nested else None
+
+
+def _quiet_gx() -> None:
+    """No analytics calls (there is no network) and no INFO chatter; progress bars are off per context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+def _py(ts: pd.Timestamp | None) -> Any:
+    return None if ts is None else ts.to_pydatetime()
+
+
+def _iso(ts: pd.Timestamp | None) -> str:
+    return "" if ts is None else ts.isoformat()
+
+
+def _jsonable(value: Any) -> Any:
+    """Unexpected values as JSON: timestamps as ISO strings, missing values as null, rows as dicts."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
