@@ -15,7 +15,7 @@ def stages(params: Params, paths: Paths, source: str | None = None) -> list[tupl
     def ingest() -> Any:
         from pipelines.ingest import ingest as run
 
-        return run(source or params.data.source, paths.ingested, progress=True)
+        return run(source or params.data.source, paths.ingested, progress=True, synthetic=params.synthetic)
 
     def validate() -> Any:
         from pipelines.validate import validate as run
