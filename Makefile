@@ -28,7 +28,7 @@ setup: $(STAMP)
 
 demo: setup
 ifeq ($(DATA),beauty)
-	$(BIN)/dvc pull -q data/raw/amazon-beauty.dvc
+	$(BIN)/dvc update -q data/raw/amazon-beauty.dvc
 	$(BIN)/shoprec pipeline --source "$(BEAUTY)" --root outputs/beauty
 else
 	$(BIN)/shoprec pipeline

@@ -138,7 +138,7 @@ def test_seqfile_with_attributes(tmp_path: Path) -> None:
     assert items["item_id"].to_pylist() == ["4", "5", "6", "7", "9"]
     assert items["attributes"].to_pylist() == [["1", "2"], ["3"], [], ["8"], None]
     assert (manifest.rows, manifest.users, manifest.items, manifest.catalog_items) == (5, 2, 4, 5)
-    assert manifest.extra == {"synthetic_time": True} and manifest.window_start is None
+    assert manifest.extra["synthetic_time"] is True and manifest.window_start is None
 
 
 def test_seqfile_without_attributes_has_no_catalog(tmp_path: Path) -> None:
@@ -429,5 +429,6 @@ def test_real_amazon_beauty(tmp_path: Path, shared_dir: Path) -> None:
         f"seqfile:{base / 'Beauty.txt'},attributes={base / 'Beauty_item2attributes.json'}", tmp_path / "out"
     )
     assert (manifest.rows, manifest.users, manifest.items, manifest.catalog_items) == (198_502, 22_363, 12_101, 12_101)
-    assert manifest.extra == {"synthetic_time": True}
+    assert manifest.extra["synthetic_time"] is True
+    assert len(manifest.extra["inputs_md5"]) == 2
     assert part_schemas_exact(tmp_path / "out")

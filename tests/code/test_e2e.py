@@ -1,0 +1,124 @@
+"""End to end: the CLI, `dvc repro` in a temporary copy of the repo, and `dvc push` / `dvc pull`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+SMALL = {"users": 300, "items": 300, "categories": 8, "events_per_user": 30}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def repo_copy(base: Path) -> Path:
+    """The tracked files of this repo in a fresh git + DVC work tree, with a small synthetic data set.
+
+    ``base/shared`` links to the shared data sets so that the DVC imports' relative paths resolve as in a clone.
+    """
+    dest = base / "repo"
+    dest.mkdir()
+    shared = Path(os.environ.get("SHOPREC_SHARED_DIR", REPO.parent / "shared"))
+    if shared.is_dir():
+        (base / "shared").symlink_to(shared.resolve())
+    files = run(["git", "ls-files"], REPO).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["synthetic"].update(SMALL)
+    params["evaluate"]["bootstrap_samples"] = 200
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = repo_copy(tmp_path_factory.mktemp("repo"))
+    run(["dvc", "repro"], work)
+    return work
+
+
+def test_dvc_repro_runs_every_stage(repro: Path):
+    metrics = json.loads((repro / "metrics" / "metrics.json").read_text())
+    cand, base = metrics["models"]["candidate"]["overall"], metrics["models"]["baseline"]["overall"]
+    assert cand["ndcg@10"] > base["ndcg@10"]
+    gate = json.loads((repro / "metrics" / "gate.json").read_text())
+    assert gate["passed"], gate
+    assert (repro / "models" / "champion" / "serving.joblib").exists()
+    assert (repro / "reports" / "validation" / "data_docs").is_dir()
+    shown = run(["dvc", "metrics", "show"], repro).stdout
+    assert "ndcg@10" in shown
+    status = run(["dvc", "status", "dvc.yaml"], repro).stdout
+    assert "changed" not in status
+
+
+def test_dvc_push_and_pull_restore_outputs(repro: Path):
+    run(["dvc", "push"], repro)
+    features = repro / "data" / "features" / "events.parquet"
+    before = features.read_bytes()
+    shutil.rmtree(repro / "data" / "features")
+    shutil.rmtree(repro / ".dvc" / "cache")
+    run(["dvc", "pull", "dvc.yaml"], repro)
+    assert features.read_bytes() == before
+
+
+def test_dvc_update_fetches_the_pinned_real_data(repro: Path, shared_dir: Path):
+    pinned = (repro / "data/raw/amazon-beauty.dvc").read_text()
+    run(["dvc", "update", "data/raw/amazon-beauty.dvc"], repro)
+    assert (repro / "data/raw/amazon-beauty.dvc").read_text() == pinned  # same data version
+    assert (repro / "data/raw/amazon-beauty/Beauty.txt").read_bytes() == (
+        shared_dir / "datasets/amazon-beauty/Beauty.txt").read_bytes()
+
+
+def test_pipeline_command_prints_summary(tmp_path: Path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synthetic"].update(SMALL)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(["shoprec", "pipeline"], tmp_path).stdout
+    for fragment in ("data", "validation", "test candidate", "gate", "outputs"):
+        assert fragment in out
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [("taobao:missing.csv", "missing.csv"), ("nosuchkind:x", "nosuchkind")],
+)
+def test_bad_source_is_one_line_exit_2(tmp_path: Path, source: str, fragment: str):
+    proc = run(["shoprec", "ingest", source], tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr
+    assert not (tmp_path / "data" / "ingested").exists()
+
+
+def test_taobao_sample_reports_out_of_window_rows(tmp_path: Path, shared_dir: Path):
+    sample = shared_dir / "datasets" / "taobao-sample" / "UserBehavior_sample.csv"
+    run(["shoprec", "ingest", f"taobao:{sample}"], tmp_path)
+    proc = run(["shoprec", "validate"], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "expect_column_values_to_be_between" in proc.stderr and "4" in proc.stderr
+    assert not (tmp_path / "data" / "validated").exists()
+    proc = run(["shoprec", "validate", "--policy", "quarantine"], tmp_path)
+    summary = json.loads((tmp_path / "reports" / "validation" / "summary.json").read_text())
+    assert summary["bad_rows"] == 4 and summary["success"]
