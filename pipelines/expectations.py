@@ -235,7 +235,11 @@ def _error(info: dict[str, Any]) -> str | None:
 def _quiet_gx() -> None:
     """No analytics calls (there is no network) and no INFO chatter; progress bars are off per context."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations  # noqa: F401  (GX sets its own logger levels on import; override them after)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _py(ts: pd.Timestamp | None) -> Any:
