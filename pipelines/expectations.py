@@ -22,6 +22,7 @@ from pipelines.schema import EVENT_TYPES, REQUIRED_EVENT_COLUMNS
 
 # Column added to the validated frame: how many events the row's user has (for the training-size check).
 USER_EVENTS = "user_events"
+IN_CATALOGUE = "item_in_catalogue"
 DUPLICATE_KEY: tuple[str, ...] = ("user_id", "item_id", "event_type", "ts")
 OPTIONAL_STRING_COLUMNS: tuple[str, ...] = ("category_id", "session_id")
 _EXAMPLES = 5
@@ -160,8 +161,10 @@ def _row_checks(
         problem = f"{{count}} rows in duplicated events ({{percent:.2f}}%, at most {allowed:.2%} allowed)"
         checks.append(Check(expectation, True, problem, keep_first=True))
     if catalogue is not None and "item_id" in columns:
-        expectation = gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=catalogue)
-        checks.append(Check(expectation, True, "{count} rows with items not in the catalogue, e.g. {examples}"))
+        # A derived flag, not a value set of every item id: the full Taobao catalogue has 4 million items,
+        # which would bloat the suite and the Data Docs.
+        expectation = gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOGUE, value_set=[True])
+        checks.append(Check(expectation, True, "{count} rows with items not in the catalogue"))
     return checks
 
 

@@ -23,7 +23,15 @@ import pyarrow.parquet as pq
 from pipelines.atomic import atomic_dir, atomic_file, write_json
 from pipelines.config import ValidateParams
 from pipelines.errors import DataError, ShoprecError, ValidationFailed
-from pipelines.expectations import DUPLICATE_KEY, USER_EVENTS, CheckResult, Window, build_checks, run_checks
+from pipelines.expectations import (
+    DUPLICATE_KEY,
+    IN_CATALOGUE,
+    USER_EVENTS,
+    CheckResult,
+    Window,
+    build_checks,
+    run_checks,
+)
 from pipelines.schema import EVENTS_SCHEMA, Manifest, events_dir, items_path
 
 
@@ -65,9 +73,10 @@ def validate(
     window = _window(data.manifest, params)
     fingerprint = _fingerprint(data.events)
     prev_rows = _previous_rows(history_path, fingerprint)
-    checks = build_checks(data.events.columns, window, _catalogue(data.items), prev_rows, params)
+    catalogue = _catalogue(data.items)
+    checks = build_checks(data.events.columns, window, catalogue, prev_rows, params)
     with atomic_dir(docs_path) as tmp_docs:
-        results = run_checks(_with_user_events(data.events), checks, tmp_docs)
+        results = run_checks(_with_derived_columns(data.events, catalogue), checks, tmp_docs)
 
     reasons = _reasons(data.events, results)
     verdict = _judge(params, results, reasons, len(data.events))
@@ -154,12 +163,14 @@ def _previous_rows(history_path: Path, fingerprint: str) -> int | None:
     return None if last.get("fingerprint") == fingerprint else int(last["rows"])
 
 
-def _with_user_events(events: pd.DataFrame) -> pd.DataFrame:
-    """The frame GX sees: the events plus, per row, how many events its user has."""
-    if "user_id" not in events.columns:
-        return events
-    counts = events.groupby("user_id", dropna=False)["user_id"].transform("size")
-    return events.assign(**{USER_EVENTS: counts.astype("int64")})
+def _with_derived_columns(events: pd.DataFrame, catalogue: list[str] | None) -> pd.DataFrame:
+    """The frame GX sees: the events plus, per row, how many events its user has and whether its item is known."""
+    derived = {}
+    if "user_id" in events.columns:
+        derived[USER_EVENTS] = events.groupby("user_id", dropna=False)["user_id"].transform("size").astype("int64")
+    if catalogue is not None and "item_id" in events.columns:
+        derived[IN_CATALOGUE] = events["item_id"].isin(catalogue)
+    return events.assign(**derived)
 
 
 def _reasons(events: pd.DataFrame, results: list[CheckResult]) -> dict[int, list[str]]:

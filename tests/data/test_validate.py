@@ -131,7 +131,7 @@ def _few_events(df: pd.DataFrame) -> pd.DataFrame:
         (_unknown_type, "expect_column_values_to_be_in_set(event_type)", 2),
         (_out_of_window, "expect_column_values_to_be_between(ts)", 3),
         (_duplicates, "expect_compound_columns_to_be_unique(user_id,item_id,event_type,ts)", 6),
-        (_unknown_item, "expect_column_values_to_be_in_set(item_id)", 1),
+        (_unknown_item, "expect_column_values_to_be_in_set(item_in_catalogue)", 1),
         (_few_events, "expect_column_values_to_be_between(user_events)", 60),
     ],
 )
