@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export SHOPREC_SHARED_DIR ?= $(abspath $(CURDIR)/../shared)
 export PYTHONDONTWRITEBYTECODE := 1
+# GBDT libraries spin-wait for work by default, which starves the other core on a 2-core machine
+export OMP_WAIT_POLICY := PASSIVE
 export TF_CPP_MIN_LOG_LEVEL := 2
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false

@@ -135,6 +135,19 @@ def pipeline(
 
 
 @app.command()
+def benchmark(
+    dataset: Annotated[str, typer.Option(help="ingest SOURCE, e.g. seqfile:Beauty.txt,attributes=attrs.json")],
+    out: Annotated[Path, typer.Option(help="directory for metrics.json, test_recommendations.csv, timings")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the whole two-stage pipeline under leave-one-out on one data set and report every component."""
+    from pipelines.benchmark import run_benchmark
+
+    command = "shoprec " + " ".join(sys.argv[1:])
+    run_benchmark(dataset, out, load_params(params), command, echo=Console().print)
+
+
+@app.command()
 def summary(root: RootOpt = Path(".")) -> None:
     """Print data rows, validation result, metrics and the gate decision of the last run."""
     from pipelines.report import summary_table

@@ -53,12 +53,28 @@ class SplitParams(_Section):
     exclude_seen: bool = True
 
 
+SourceName = Literal["popularity", "category_popularity", "covisit", "itemcos", "transitions", "sasrec", "lightgcn"]
+RankerName = Literal["lightgbm", "xgboost", "deep"]
+
+
 class TrainParams(_Section):
-    model: Literal["popularity", "covisit"] = "covisit"
+    # two_stage: candidate sources + learned rankers; popularity / covisit: one simple model on its own
+    model: Literal["popularity", "covisit", "two_stage"] = "two_stage"
     event_weights: dict[str, float] = {"view": 1.0, "cart": 3.0, "fav": 2.0, "purchase": 4.0}
     popularity_half_life_days: float = Field(3.0, gt=0)
-    covisit_window: int = Field(5, ge=1)
+    covisit_window: int = Field(3, ge=1)
     history_len: int = Field(20, ge=1)
+    transitions_last_n: int = Field(3, ge=1)
+    itemcos_neighbours: int = Field(200, ge=1)
+    sources: list[SourceName] = ["covisit", "itemcos", "transitions", "popularity", "category_popularity",
+                                 "sasrec", "lightgcn"]
+    rankers: list[RankerName] = ["lightgbm", "xgboost", "deep"]
+    n_per_source: int = Field(50, ge=1)  # each source's top-n joins the candidate pool
+    holdout_share: float = Field(0.2, gt=0, lt=1)  # validation users kept out of ranker training, to choose one
+    # hyper-parameter overrides per deep model / ranker (see SASRecParams, LightGCNParams and the rankers)
+    sasrec: dict[str, float | int | str | None] = {}
+    lightgcn: dict[str, float | int | str | None] = {}
+    ranker_params: dict[RankerName, dict[str, float | int | str | None]] = {}
     seed: int = 0
 
 

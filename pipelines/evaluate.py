@@ -14,6 +14,7 @@ from pipelines.features import Features, load_features
 from pipelines.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
 from pipelines.models import Recommender
 from pipelines.train import EVAL_HISTORY, load_model
+from pipelines.two_stage import TwoStage
 
 COLD_START_MAX_EVENTS = 3  # users with fewer training events than this form the cold-start segment
 
@@ -23,9 +24,13 @@ def _summary(per_user: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate_models(
-    models: dict[str, Recommender], features: Features, params: EvaluateParams, exclude_seen: bool, fold: str = "test"
+    models: dict[str, Recommender], features: Features, params: EvaluateParams, exclude_seen: bool,
+    fold: str = "test", lists_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of every model on ``fold``, with segments and bootstrap intervals against ``baseline``."""
+    """Metrics of every model on ``fold``, with segments and bootstrap intervals against ``baseline``.
+
+    ``lists_out``, when given, receives each model's top-k item codes for the fold's users (key ``users``).
+    """
     users, targets = features.target_sets(fold)
     history = features.history(EVAL_HISTORY if fold == "test" else ("train",))
     events_per_user = np.bincount(history.user, minlength=history.n_users)
@@ -37,8 +42,19 @@ def evaluate_models(
                               "purchase_users": int(len(p_users)), "models": {}}
     per_user_all: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
-        recs, _ = model.recommend(users, max(params.ks), exclude_seen=exclude_seen)
+        if isinstance(model, TwoStage):
+            # one pass gives the chosen ranker's lists and every other ranker's and source's, for comparison
+            lists = model.recommend_all(users, max(params.ks))
+            recs = lists[f"ranker:{model.ranker_name_}"]
+            report["components"] = {
+                part: _summary(per_user_metrics(r, targets, params.ks)) for part, r in lists.items()
+            }
+            report["validation"] = model.report_
+        else:
+            recs, _ = model.recommend(users, max(params.ks), exclude_seen=exclude_seen)
         per_user = per_user_all[name] = per_user_metrics(recs, targets, params.ks)
+        if lists_out is not None:
+            lists_out[name], lists_out["users"] = recs, users
         entry = {
             "overall": _summary(per_user),
             "cold_start": _summary({m: v[cold] for m, v in per_user.items()}),

@@ -10,18 +10,37 @@ import joblib
 from pipelines.atomic import atomic_dir, write_json
 from pipelines.config import TrainParams
 from pipelines.features import Features, load_features
-from pipelines.models import Popularity, Recommender, build_model
+from pipelines.models import Popularity, Recommender, build_model, build_source
+from pipelines.ranking_features import ItemInfo
+from pipelines.two_stage import TwoStage
 
 EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on test targets
 ALL_EVENTS = ("train", "valid", "test")
 
 
+def fit_two_stage(features: Features, params: TrainParams) -> TwoStage:
+    """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.two_stage``)."""
+    from pipelines.rankers import build_ranker
+
+    known = features.events[features.events["fold"] != "test"]
+    info = ItemInfo.build(features.vocab, features.items, known)
+    sources = {name: build_source(name, params, info.category) for name in params.sources}
+    rankers = {name: build_ranker(name, **params.ranker_params.get(name, {})) for name in params.rankers}
+    model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed)
+    return model.fit(features.history(("train",)), features.target_sets("valid"))
+
+
 def fit_models(features: Features, params: TrainParams) -> dict[str, Recommender]:
-    """The candidate for evaluation and serving, and the popularity baseline it must beat."""
+    """The candidate (scored on test), the serving model (all events) and the popularity baseline."""
     eval_history = features.history(EVAL_HISTORY)
+    baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit(eval_history)
+    if params.model == "two_stage":
+        model = fit_two_stage(features, params)
+        return {"candidate": model.with_history(eval_history), "baseline": baseline,
+                "serving": model.with_history(features.history(ALL_EVENTS))}
     return {
         "candidate": build_model(params).fit(eval_history),
-        "baseline": Popularity(params.event_weights, params.popularity_half_life_days).fit(eval_history),
+        "baseline": baseline,
         "serving": build_model(params).fit(features.history(ALL_EVENTS)),
     }
 
@@ -31,8 +50,10 @@ def run_train(features_dir: str | Path, out_dir: str | Path, params: TrainParams
     start = time.perf_counter()
     features = load_features(features_dir)
     models = fit_models(features, params)
+    candidate = models["candidate"]
     meta = {
         "model": params.model,
+        "two_stage": getattr(candidate, "report_", None),
         "params": params.model_dump(),
         "users": len(features.vocab.users),
         "items": len(features.vocab.items),

@@ -1,17 +1,50 @@
 """Candidate sources and rankers, all behind ``Recommender`` (fit on history, score users)."""
 
+from __future__ import annotations
+
+import numpy as np
+
 from pipelines.config import TrainParams
 from pipelines.models.base import Recommender
 from pipelines.models.covisit import CoVisitation
-from pipelines.models.popularity import Popularity
+from pipelines.models.itemcos import ItemCosine
+from pipelines.models.popularity import CategoryPopularity, Popularity
+from pipelines.models.transitions import Transitions
+
+
+def build_source(name: str, params: TrainParams, item_category: np.ndarray | None = None) -> Recommender:
+    """A fresh, unfitted candidate source configured from ``params`` (deep models import TensorFlow lazily)."""
+    w, half_life = params.event_weights, params.popularity_half_life_days
+    if name == "popularity":
+        return Popularity(w, half_life)
+    if name == "category_popularity":
+        if item_category is None:
+            raise ValueError("category_popularity needs the item categories")
+        return CategoryPopularity(item_category, w, half_life)
+    if name == "covisit":
+        return CoVisitation(w, params.covisit_window, params.history_len, half_life)
+    if name == "itemcos":
+        return ItemCosine(w, params.history_len, params.itemcos_neighbours)
+    if name == "transitions":
+        return Transitions(params.transitions_last_n)
+    if name == "sasrec":
+        from pipelines.models.sasrec import SASRec
+
+        return SASRec(seed=params.seed, **params.sasrec)
+    if name == "lightgcn":
+        from pipelines.models.lightgcn import LightGCN
+
+        return LightGCN(seed=params.seed, event_weights=w, **params.lightgcn)
+    raise ValueError(f"unknown source {name!r}")
 
 
 def build_model(params: TrainParams) -> Recommender:
-    """The model named in ``params.train.model``, configured from the same section."""
+    """The single model named in ``params.model`` (``two_stage`` is built by ``pipelines.train``)."""
     if params.model == "popularity":
         return Popularity(params.event_weights, params.popularity_half_life_days)
     return CoVisitation(params.event_weights, params.covisit_window, params.history_len,
                         params.popularity_half_life_days)
 
 
-__all__ = ["Recommender", "Popularity", "CoVisitation", "build_model"]
+__all__ = ["Recommender", "Popularity", "CategoryPopularity", "CoVisitation", "ItemCosine", "Transitions",
+           "build_model", "build_source"]

@@ -13,6 +13,30 @@ from pipelines.interactions import Interactions
 Targets = tuple[np.ndarray, list[np.ndarray]]
 
 
+def top_k(scores: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of each row's k largest scores, best first.
+
+    Exact, and several times faster than a row-wise argpartition over the whole catalogue: the top k
+    values lie in the k blocks with the largest maxima, so only those blocks are partitioned.
+    """
+    n_rows, n = scores.shape
+    k = min(k, n)
+    pad = (-n) % block
+    padded = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf) if pad else scores
+    block_max = padded.reshape(n_rows, -1, block).max(axis=2)
+    n_blocks = block_max.shape[1]
+    if k < n_blocks:
+        blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]
+    else:
+        blocks = np.broadcast_to(np.arange(n_blocks), (n_rows, n_blocks))
+    idx = (blocks[:, :, None] * block + np.arange(block)).reshape(n_rows, -1)
+    vals = np.take_along_axis(padded, idx, axis=1)
+    sel = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+    idx, vals = np.take_along_axis(idx, sel, axis=1), np.take_along_axis(vals, sel, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
 class Recommender(ABC):
     """Scores the whole catalogue for a batch of users; ``recommend`` turns scores into top-k lists."""
 
@@ -44,11 +68,9 @@ class Recommender(ABC):
                 seen = history.seen[batch]
                 rows = np.repeat(np.arange(len(batch)), np.diff(seen.indptr))
                 scores[rows, seen.indices] = -np.inf
-            top = np.argpartition(-scores, kth=min(k, scores.shape[1] - 1), axis=1)[:, :k]
-            top_scores = np.take_along_axis(scores, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            out_items[start: start + len(batch)] = np.take_along_axis(top, order, axis=1)
-            out_scores[start: start + len(batch)] = np.take_along_axis(top_scores, order, axis=1)
+            items, values = top_k(scores, k)
+            out_items[start: start + len(batch)] = items
+            out_scores[start: start + len(batch)] = values
         return out_items, out_scores
 
     @property

@@ -53,3 +53,15 @@ def test_build_model_from_params():
 def test_recommend_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="fit"):
         CoVisitation().recommend(np.array([0]), k=1)
+
+
+@pytest.mark.parametrize("k, n", [(1, 5), (3, 64), (10, 100), (40, 33)])
+def test_top_k_matches_a_full_sort(k, n):
+    from pipelines.models.base import top_k
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 5, size=(7, n)).astype(np.float32)  # many ties
+    idx, vals = top_k(scores, k)
+    expected = -np.sort(-scores, axis=1)[:, : min(k, n)]
+    np.testing.assert_array_equal(vals, expected)
+    np.testing.assert_array_equal(np.take_along_axis(scores, idx, axis=1), vals)

@@ -1,0 +1,98 @@
+"""Candidate generation: every source proposes its top items, the union is scored by all sources.
+
+One pass of dense scoring per source and user batch yields both the pool (each source's top ``n``) and
+every source's score for every pooled item, so the ranker sees complete score features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.metrics import hit_rate_at_k
+from pipelines.models.base import Recommender, top_k
+
+
+@dataclass
+class Candidates:
+    """Rows of (user, item), grouped by user in the order of ``users``."""
+
+    users: np.ndarray  # int64 (n_users,) the query users
+    group: np.ndarray  # int64 (n_users,) candidates per user
+    user: np.ndarray  # int64 (n_rows,)
+    item: np.ndarray  # int64 (n_rows,)
+    scores: dict[str, np.ndarray]  # source -> float32 (n_rows,) that source's score of the item
+    proposed: dict[str, np.ndarray]  # source -> bool (n_rows,) the item is in that source's top n
+    source_top: dict[str, np.ndarray]  # source -> int64 (n_users, n) that source's own list (for recall)
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+def _batch(
+    sources: dict[str, Recommender], users: np.ndarray, n: int, exclude_seen: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    dense = {}
+    tops = {}
+    for name, model in sources.items():
+        s = np.array(model.score(users), dtype=np.float32, copy=True)
+        if exclude_seen:
+            seen = model.history.seen[users]
+            s[np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices] = -np.inf
+        tops[name] = top_k(s, n)[0]
+        dense[name] = s
+    n_items = next(iter(dense.values())).shape[1]
+    proposed_by = np.zeros((len(users), n_items), dtype=np.uint32)  # bit per source
+    for bit, top in enumerate(tops.values()):
+        np.bitwise_or.at(proposed_by, (np.repeat(np.arange(len(users)), top.shape[1]), top.ravel()), 1 << bit)
+    row, item = np.nonzero(proposed_by)
+    bits = proposed_by[row, item]
+    scores = {name: d[row, item] for name, d in dense.items()}
+    proposed = {name: (bits & (1 << b)) > 0 for b, name in enumerate(tops)}
+    return row, item, scores, proposed, tops
+
+
+def generate_candidates(
+    sources: dict[str, Recommender], users: np.ndarray, n_per_source: int, exclude_seen: bool = True,
+    batch_size: int = 1024,
+) -> Candidates:
+    """The union of each source's top ``n_per_source`` items per user, with every source's score."""
+    parts = []
+    for start in range(0, len(users), batch_size):
+        batch = users[start: start + batch_size]
+        row, item, scores, proposed, tops = _batch(sources, batch, n_per_source, exclude_seen)
+        parts.append((batch[row], item, scores, proposed, tops, np.bincount(row, minlength=len(batch))))
+    names = list(sources)
+    return Candidates(
+        users=users,
+        group=np.concatenate([p[5] for p in parts]).astype(np.int64),
+        user=np.concatenate([p[0] for p in parts]).astype(np.int64),
+        item=np.concatenate([p[1] for p in parts]).astype(np.int64),
+        scores={n: np.concatenate([p[2][n] for p in parts]) for n in names},
+        proposed={n: np.concatenate([p[3][n] for p in parts]) for n in names},
+        source_top={n: np.concatenate([p[4][n] for p in parts]) for n in names},
+    )
+
+
+def labels(cands: Candidates, targets: list[np.ndarray]) -> np.ndarray:
+    """1.0 where the candidate is one of its user's targets (``targets`` aligned with ``cands.users``)."""
+    width = int(max(cands.item.max(initial=0), max((t.max(initial=0) for t in targets), default=0))) + 1
+    row_of_user = np.repeat(np.arange(len(cands.users)), cands.group)
+    keys = row_of_user * width + cands.item
+    tkeys = np.concatenate([np.full(len(t), r) * width + t for r, t in enumerate(targets)]) if targets else []
+    return np.isin(keys, tkeys).astype(np.float32)
+
+
+def candidate_recall(cands: Candidates, targets: list[np.ndarray], ks: tuple[int, ...] = (10, 50, 100)) -> dict:
+    """Recall of each source's own list at several depths, and of the merged pool: what each contributes."""
+    out: dict[str, dict[str, float]] = {}
+    for name, top in cands.source_top.items():
+        out[name] = {f"recall@{k}": round(float(hit_rate_at_k(top, targets, k).mean()), 5)
+                     for k in ks if k <= top.shape[1]}
+    y = labels(cands, targets)
+    hit_users = np.add.reduceat(y, np.r_[0, np.cumsum(cands.group)[:-1]]) if len(y) else np.zeros(0)
+    hit_users = np.where(cands.group > 0, hit_users, 0)
+    out["merged"] = {"recall": round(float((hit_users > 0).mean()), 5),
+                     "mean_candidates": round(float(cands.group.mean()), 1)}
+    return out

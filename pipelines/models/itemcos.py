@@ -1,0 +1,63 @@
+"""Item-item cosine similarity over who-interacted-with-what, scored from the user's recent items."""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.interactions import Interactions
+from pipelines.models.base import Recommender, Targets
+from pipelines.models.covisit import recent_profile
+
+
+def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the ``n`` largest entries of each row: bounds memory and removes weak, noisy neighbours."""
+    m = m.tocsr()
+    rows, cols, vals = [], [], []
+    for r in range(m.shape[0]):
+        start, end = m.indptr[r], m.indptr[r + 1]
+        if end - start == 0:
+            continue
+        data, idx = m.data[start:end], m.indices[start:end]
+        if end - start > n:
+            keep = np.argpartition(-data, n)[:n]
+            data, idx = data[keep], idx[keep]
+        rows.append(np.full(len(idx), r))
+        cols.append(idx)
+        vals.append(data)
+    if not rows:
+        return sp.csr_matrix(m.shape, dtype=np.float32)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
+
+
+def cosine_matrix(history: Interactions, neighbours: int) -> sp.csr_matrix:
+    """Cosine between item columns of the binary user x item matrix, diagonal removed."""
+    x = history.seen.astype(np.float32)
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    inv = sp.diags(1.0 / np.maximum(norms, 1e-9)).astype(np.float32)
+    sim = (inv @ (x.T @ x) @ inv).tocsr()
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    return top_n_per_row(sim, neighbours).astype(np.float32)
+
+
+class ItemCosine(Recommender):
+    """Items that the same users interacted with, weighted towards the user's latest items."""
+
+    name = "itemcos"
+
+    def __init__(self, event_weights: dict[str, float] | None = None, history_len: int = 20, neighbours: int = 200):
+        self.event_weights = event_weights or {}
+        self.history_len = history_len
+        self.neighbours = neighbours
+
+    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
+        self._history = history
+        self.matrix_ = cosine_matrix(history, self.neighbours)
+        self.profile_ = recent_profile(history, self.event_weights, self.history_len)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return (self.profile_[users] @ self.matrix_).toarray()

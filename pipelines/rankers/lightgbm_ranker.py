@@ -1,0 +1,91 @@
+"""LambdaMART with LightGBM: the default, fastest ranker on CPU for ~1-5M rows x ~40 features.
+
+LightGBM is imported inside methods so that importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+
+import numpy as np
+
+from pipelines.rankers.base import Ranker, RankingData, importance_shares, passive_openmp
+
+log = logging.getLogger(__name__)
+
+# Sized for ~1-5M rows x ~40 features on 2 shared cores: a 20k-group x 100-row x 40-feature benchmark fits in
+# about 1-2 minutes (lr 0.05, bagging 0.8 and 255 bins cost ~2.5x the time for +0.005 NDCG@10 there).
+# sklearn-API names: feature_fraction = colsample_bytree, bagging_fraction/freq = subsample/subsample_freq.
+# deterministic + force_row_wise make reruns bit-identical.
+DEFAULTS: dict[str, Any] = {
+    "n_estimators": 500,
+    "learning_rate": 0.1,
+    "num_leaves": 63,
+    "min_child_samples": 50,
+    "colsample_bytree": 0.8,
+    "subsample": 0.5,
+    "subsample_freq": 1,
+    "reg_lambda": 1.0,
+    "max_bin": 63,
+    "n_jobs": 2,
+    "random_state": 0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbose": -1,
+}
+
+
+class LightGBMRanker(Ranker):
+    """``LGBMRanker`` with objective lambdarank, early-stopped on the valid NDCG@``eval_at``.
+
+    Keyword arguments override ``DEFAULTS`` and go to ``LGBMRanker``; ``early_stopping_rounds`` and ``eval_at``
+    are ours. After ``fit``: ``best_iteration_`` (trees kept) and ``history_`` (valid ndcg per round).
+    """
+
+    name = "lightgbm"
+
+    def __init__(self, early_stopping_rounds: int = 30, eval_at: int = 10, **params: Any):
+        self.params = {**DEFAULTS, **params}
+        self.early_stopping_rounds = early_stopping_rounds
+        self.eval_at = eval_at
+        self.best_iteration_ = 0
+        self.history_: dict[str, list[float]] = {}
+        self._model: Any = None
+
+    def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
+        """Boost up to ``n_estimators`` trees; with ``valid``, stop after ``early_stopping_rounds`` without gain."""
+        passive_openmp()
+        import lightgbm as lgb
+
+        self.feature_names_ = list(train.feature_names)
+        model = lgb.LGBMRanker(objective="lambdarank", metric="ndcg", **self.params)
+        record: dict[str, dict[str, list[float]]] = {}
+        callbacks = [lgb.record_evaluation(record)]
+        eval_args: dict[str, Any] = {}
+        if valid is not None:
+            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False))
+            eval_args = {"eval_X": (valid.X,), "eval_y": (valid.labels,), "eval_group": [valid.group],
+                         "eval_names": ["valid"], "eval_at": [self.eval_at]}
+        model.fit(train.X, train.labels, group=train.group, callbacks=callbacks, **eval_args)
+        self._model = model
+        curves = record.get("valid", {})
+        self.history_ = {f"valid_{name}": [float(v) for v in values] for name, values in curves.items()}
+        self.best_iteration_ = int(model.best_iteration_ or model.n_estimators_)
+        log.info("lightgbm: %d trees kept, valid %s", self.best_iteration_, self._best_score())
+        return self
+
+    def _best_score(self) -> str:
+        key = f"valid_ndcg@{self.eval_at}"
+        values = self.history_.get(key)
+        return f"ndcg@{self.eval_at} {values[self.best_iteration_ - 1]:.4f}" if values else "not evaluated"
+
+    def predict(self, data: RankingData) -> np.ndarray:
+        """Scores from the best iteration (LightGBM applies ``best_iteration_`` itself)."""
+        self._check_features(data)
+        return self._model.predict(data.X).astype(np.float32)
+
+    def feature_importances(self) -> dict[str, float]:
+        """Share of total split gain per feature over the kept trees."""
+        gains = self._model.booster_.feature_importance("gain", iteration=self.best_iteration_)
+        return importance_shares(self.feature_names_, gains)

@@ -1,0 +1,90 @@
+"""LambdaMART with XGBoost: a second, independently implemented GBDT ranker to check LightGBM against.
+
+XGBoost is imported inside methods so that importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Self
+
+import numpy as np
+
+from pipelines.rankers.base import Ranker, RankingData, importance_shares, passive_openmp
+
+log = logging.getLogger(__name__)
+
+# Depth 6 (<= 64 leaves) matches LightGBM's num_leaves=63 in capacity; "topk" pairs with a truncation level of
+# 10 optimise NDCG@10 directly (in XGBoost >= 2 lambdarank_num_pair_per_sample is the top-k level for "topk").
+# Row subsampling 0.5 and 64 bins roughly halve the time per tree at no visible cost on the benchmark.
+DEFAULTS: dict[str, Any] = {
+    "n_estimators": 500,
+    "learning_rate": 0.1,
+    "max_depth": 6,
+    "min_child_weight": 1.0,
+    "subsample": 0.5,
+    "colsample_bytree": 0.8,
+    "reg_lambda": 1.0,
+    "max_bin": 64,
+    "tree_method": "hist",
+    "lambdarank_pair_method": "topk",
+    "lambdarank_num_pair_per_sample": 10,
+    "n_jobs": 2,
+    "random_state": 0,
+    "verbosity": 0,
+}
+
+
+class XGBoostRanker(Ranker):
+    """``XGBRanker`` with objective rank:ndcg, early-stopped on the valid NDCG@``eval_at``.
+
+    Keyword arguments override ``DEFAULTS`` and go to ``XGBRanker``; ``early_stopping_rounds`` and ``eval_at``
+    are ours. After ``fit``: ``best_iteration_`` (trees kept) and ``history_`` (valid ndcg per round).
+    """
+
+    name = "xgboost"
+
+    def __init__(self, early_stopping_rounds: int = 30, eval_at: int = 10, **params: Any):
+        self.params = {**DEFAULTS, **params}
+        self.early_stopping_rounds = early_stopping_rounds
+        self.eval_at = eval_at
+        self.best_iteration_ = 0
+        self.history_: dict[str, list[float]] = {}
+        self._model: Any = None
+
+    def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
+        """Boost up to ``n_estimators`` trees; with ``valid``, stop after ``early_stopping_rounds`` without gain."""
+        passive_openmp()
+        import xgboost as xgb
+
+        self.feature_names_ = list(train.feature_names)
+        model = xgb.XGBRanker(
+            objective="rank:ndcg",
+            eval_metric=f"ndcg@{self.eval_at}",
+            early_stopping_rounds=self.early_stopping_rounds if valid is not None else None,
+            **self.params,
+        )
+        eval_args: dict[str, Any] = {}
+        if valid is not None:
+            eval_args = {"eval_set": [(valid.X, valid.labels)], "eval_qid": [valid.qid]}
+        model.fit(train.X, train.labels, qid=train.qid, verbose=False, **eval_args)
+        self._model = model
+        self.history_, self.best_iteration_ = {}, model.n_estimators
+        if valid is not None:
+            results = model.evals_result()["validation_0"]
+            self.history_ = {f"valid_{name}": [float(v) for v in values] for name, values in results.items()}
+            self.best_iteration_ = model.best_iteration + 1  # 0-based there; count trees kept, as LightGBM does
+        log.info("xgboost: %d trees kept", self.best_iteration_)
+        return self
+
+    def predict(self, data: RankingData) -> np.ndarray:
+        """Scores from the best iteration (the sklearn wrapper applies ``best_iteration`` itself)."""
+        self._check_features(data)
+        return self._model.predict(data.X).astype(np.float32)
+
+    def feature_importances(self) -> dict[str, float]:
+        """Share of total split gain per feature over the kept trees; features never split on get 0."""
+        kept = self._model.get_booster()[: self.best_iteration_]
+        gains = kept.get_score(importance_type="total_gain")
+        values = np.array([gains.get(f"f{i}", 0.0) for i in range(len(self.feature_names_))])
+        return importance_shares(self.feature_names_, values)

@@ -1,0 +1,189 @@
+"""Features of (user, candidate) pairs for the learned rankers, computed from a history only.
+
+All features are relative to the history they are given (never to targets) and carry no dataset-specific
+constants: time windows are quantiles of the history's own time span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.candidates import Candidates
+from pipelines.interactions import Interactions, Vocab
+from pipelines.schema import EVENT_TYPES
+
+MAX_ATTRIBUTES = 16  # per item; more are truncated (keeps the gather table small)
+RECENT_ITEMS = 10  # the user's recent items whose attributes form the user's taste profile
+
+
+@dataclass
+class ItemInfo:
+    """Per item code: category code (-1 unknown) and up to MAX_ATTRIBUTES attribute codes (-1 padding)."""
+
+    category: np.ndarray
+    attributes: np.ndarray
+    n_categories: int
+    n_attributes: int
+
+    @classmethod
+    def build(cls, vocab: Vocab, items: pd.DataFrame | None, events: pd.DataFrame) -> ItemInfo:
+        n = len(vocab.items)
+        with_cat = events.dropna(subset=["category_id"]).drop_duplicates("item_id")
+        cat_by_item = with_cat.set_index("item_id")["category_id"]
+        attrs = pd.Series([[] for _ in range(n)], index=vocab.items, dtype=object)
+        if items is not None:
+            known = items.set_index("item_id")
+            cat_by_item = known["category_id"].dropna().combine_first(cat_by_item)
+            if "attributes" in known:
+                present = known["attributes"].dropna()
+                present = present[present.index.isin(vocab.items)]
+                attrs.loc[present.index] = present.map(list)
+        cats = pd.Categorical(cat_by_item.reindex(vocab.items))
+        flat = attrs.map(lambda a: list(a)[:MAX_ATTRIBUTES])
+        codes = pd.Categorical([a for row in flat for a in row])
+        table = np.full((n, MAX_ATTRIBUTES), -1, dtype=np.int64)
+        lengths = flat.map(len).to_numpy()
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.concatenate([np.arange(k) for k in lengths]) if lengths.sum() else np.array([], dtype=int)
+        table[rows, cols] = codes.codes
+        return cls(category=np.asarray(cats.codes, dtype=np.int64), attributes=table,
+                   n_categories=len(cats.categories), n_attributes=len(codes.categories))
+
+
+def _user_item_steps(history: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: steps back from the user's newest event (0 = newest), and the user's event count."""
+    bounds = np.searchsorted(history.user, np.arange(history.n_users + 1))
+    counts = np.diff(bounds)
+    steps_back = bounds[1:][history.user] - np.arange(len(history)) - 1
+    return steps_back, counts
+
+
+def _lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """matrix[rows[i], cols[i]] for many pairs, as a dense float32 vector (cols < 0 give 0)."""
+    ok = cols >= 0
+    out = np.zeros(len(rows), dtype=np.float32)
+    if ok.any():
+        out[ok] = np.asarray(matrix[rows[ok], cols[ok]]).ravel()
+    return out
+
+
+def _item_popularity(history: Interactions) -> dict[str, np.ndarray]:
+    """Log counts per item: overall, per event type, and in the latest 10% / 1% of the history's time span."""
+    n = history.n_items
+    out = {"item_pop_all": np.log1p(np.bincount(history.item, minlength=n))}
+    if len(history):
+        lo, hi = history.ts.min(), history.ts.max()
+        for share in (0.1, 0.01):
+            recent = history.ts >= hi - share * (hi - lo)
+            out[f"item_pop_last{int(share * 100)}pct"] = np.log1p(np.bincount(history.item[recent], minlength=n))
+    for code, name in enumerate(EVENT_TYPES[1:], start=1):
+        out[f"item_{name}s"] = np.log1p(np.bincount(history.item[history.event == code], minlength=n))
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def _steps_since(
+    users: np.ndarray, keys: np.ndarray, steps: np.ndarray, q_users: np.ndarray, q_keys: np.ndarray
+) -> np.ndarray:
+    """Fewest steps back at which each (user, key) pair of the history occurred; NaN if never."""
+    latest = pd.DataFrame({"u": users, "k": keys, "s": steps}).groupby(["u", "k"])["s"].min()
+    return latest.reindex(pd.MultiIndex.from_arrays([q_users, q_keys])).to_numpy(dtype=np.float32)
+
+
+def _category_features(history: Interactions, info: ItemInfo, cands: Candidates, steps: np.ndarray) -> dict:
+    """User x category affinity by event type, and how many steps ago the user touched the category."""
+    cat = info.category[history.item]
+    known = cat >= 0
+    n_cat = max(info.n_categories, 1)
+    shape = (history.n_users, n_cat)
+    cand_cat = info.category[cands.item]
+    user_events = np.maximum(np.bincount(history.user, minlength=history.n_users), 1)
+    out = {}
+    for code, name in [(None, "all"), *enumerate(EVENT_TYPES)]:
+        sel = known if code is None else known & (history.event == code)
+        m = sp.csr_matrix((np.ones(sel.sum(), np.float32), (history.user[sel], cat[sel])), shape=shape)
+        out[f"user_cat_share_{name}"] = _lookup(m, cands.user, cand_cat) / user_events[cands.user]
+    out["steps_since_category"] = _steps_since(history.user[known], cat[known], steps[known], cands.user, cand_cat)
+    out["steps_since_item"] = _steps_since(history.user, history.item, steps, cands.user, cands.item)
+    return out
+
+
+def _attribute_features(history: Interactions, info: ItemInfo, cands: Candidates, steps: np.ndarray) -> dict:
+    """Overlap of the candidate's attributes with the user's recent items and with the last item."""
+    n_attr = max(info.n_attributes, 1)
+    recent = steps < RECENT_ITEMS
+    attrs = info.attributes[history.item[recent]]  # (n_recent, MAX_ATTRIBUTES)
+    users = np.repeat(history.user[recent], attrs.shape[1])
+    flat = attrs.ravel()
+    ok = flat >= 0
+    profile = sp.csr_matrix((np.ones(ok.sum(), np.float32), (users[ok], flat[ok])), shape=(history.n_users, n_attr))
+    profile_dense = profile.toarray() if history.n_users * n_attr <= 50_000_000 else None
+    cand_attrs = info.attributes[cands.item]
+    valid = cand_attrs >= 0
+    n_valid = np.maximum(valid.sum(axis=1), 1)
+    if profile_dense is not None:
+        gathered = np.where(valid, profile_dense[cands.user[:, None], np.maximum(cand_attrs, 0)], 0.0)
+    else:
+        gathered = np.stack([_lookup(profile, cands.user, cand_attrs[:, j]) for j in range(cand_attrs.shape[1])], 1)
+    n_recent = np.maximum(np.bincount(history.user[recent], minlength=history.n_users), 1)
+    last_item = np.full(history.n_users, -1, dtype=np.int64)
+    newest = steps == 0
+    last_item[history.user[newest]] = history.item[newest]
+    last_attrs = info.attributes[np.maximum(last_item[cands.user], 0)]
+    shared_last = (cand_attrs[:, :, None] == last_attrs[:, None, :]) & valid[:, :, None]
+    shared_last &= (last_item[cands.user] >= 0)[:, None, None]
+    return {
+        "attr_overlap_recent": (gathered.sum(axis=1) / (n_valid * n_recent[cands.user])).astype(np.float32),
+        "attr_any_recent": (gathered > 0).sum(axis=1).astype(np.float32) / n_valid,
+        "attr_shared_with_last": shared_last.any(axis=2).sum(axis=1).astype(np.float32) / n_valid,
+        "same_category_as_last": (
+            (info.category[cands.item] >= 0)
+            & (info.category[cands.item] == info.category[np.maximum(last_item[cands.user], 0)])
+            & (last_item[cands.user] >= 0)
+        ).astype(np.float32),
+    }
+
+
+def _source_features(cands: Candidates) -> dict[str, np.ndarray]:
+    """Each source's score, score relative to the user's best candidate, rank among candidates, proposal flag."""
+    out = {}
+    starts = np.r_[0, np.cumsum(cands.group)[:-1]]
+    row_user = np.repeat(np.arange(len(cands.group)), cands.group)
+    for name, score in cands.scores.items():
+        s = np.where(np.isfinite(score), score, np.nan).astype(np.float32)
+        filled = np.nan_to_num(s, nan=-np.inf)
+        user_max = np.maximum.reduceat(filled, starts) if len(filled) else filled
+        user_max = np.where(np.isfinite(user_max), user_max, np.nan)
+        out[f"{name}_score"] = s
+        out[f"{name}_score_rel"] = (s / np.where(np.abs(user_max) > 0, user_max, np.nan)[row_user]).astype(np.float32)
+        order = np.lexsort((-filled, row_user))
+        rank = np.empty(len(s), dtype=np.float32)
+        rank[order] = np.arange(len(s)) - np.repeat(starts, cands.group)
+        out[f"{name}_rank"] = rank
+        out[f"{name}_proposed"] = cands.proposed[name].astype(np.float32)
+    out["n_sources_proposing"] = np.sum([p for p in cands.proposed.values()], axis=0).astype(np.float32)
+    return out
+
+
+class FeatureContext:
+    """Everything about one history that features need, computed once and reused for every user batch."""
+
+    def __init__(self, history: Interactions, info: ItemInfo):
+        self.history, self.info = history, info
+        self.steps, self.counts = _user_item_steps(history)
+        self.popularity = _item_popularity(history)
+        self.distinct = np.asarray((history.seen > 0).sum(axis=1)).ravel()
+
+    def features(self, cands: Candidates) -> tuple[np.ndarray, list[str]]:
+        """The (n_rows, n_features) float32 matrix for ``cands`` and the feature names, NaN for missing."""
+        feats = _source_features(cands)
+        feats |= {name: values[cands.item] for name, values in self.popularity.items()}
+        feats["user_events"] = np.log1p(self.counts[cands.user]).astype(np.float32)
+        feats["user_distinct_items"] = np.log1p(self.distinct[cands.user]).astype(np.float32)
+        feats |= _category_features(self.history, self.info, cands, self.steps)
+        feats |= _attribute_features(self.history, self.info, cands, self.steps)
+        names = list(feats)
+        return np.column_stack([feats[n] for n in names]).astype(np.float32), names
