@@ -17,6 +17,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 SMALL = {"users": 300, "items": 300, "categories": 8, "events_per_user": 30}
+# every source and ranker still runs, on short budgets: these tests check the plumbing, BENCHMARKS.md the quality
+FAST_TRAIN = {"sasrec": {"time_budget_s": 15}, "lightgcn": {"time_budget_s": 10},
+              "ranker_params": {"deep": {"time_budget_s": 10}}}
+
+
+def small_params() -> str:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synthetic"].update(SMALL)
+    params["train"].update(FAST_TRAIN)
+    params["evaluate"]["bootstrap_samples"] = 200
+    return yaml.safe_dump(params)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -42,10 +53,7 @@ def repo_copy(base: Path) -> Path:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["synthetic"].update(SMALL)
-    params["evaluate"]["bootstrap_samples"] = 200
-    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    (dest / "params.yaml").write_text(small_params())
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dest)
@@ -92,9 +100,7 @@ def test_dvc_update_fetches_the_pinned_real_data(repro: Path, shared_dir: Path):
 
 
 def test_pipeline_command_prints_summary(tmp_path: Path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["synthetic"].update(SMALL)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(small_params())
     out = run(["shoprec", "pipeline"], tmp_path).stdout
     for fragment in ("data", "validation", "test candidate", "gate", "outputs"):
         assert fragment in out
