@@ -14,6 +14,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 # DATA=synthetic (default, embedded) or DATA=beauty (real Amazon Beauty from ../shared, tracked by DVC)
 DATA ?= synthetic
+# The demo caps the deep models' training time so that it takes about a minute; dvc repro uses params.yaml as is.
+DEMO_SET := --set train.sasrec.time_budget_s=20 --set train.lightgcn.time_budget_s=10 \
+            --set train.ranker_params.deep.time_budget_s=10
 BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
 .PHONY: setup demo test lint repro lock clean
@@ -33,7 +36,7 @@ ifeq ($(DATA),beauty)
 	$(BIN)/dvc update -q data/raw/amazon-beauty.dvc
 	$(BIN)/shoprec pipeline --source "$(BEAUTY)" --root outputs/beauty
 else
-	$(BIN)/shoprec pipeline
+	$(BIN)/shoprec pipeline $(DEMO_SET)
 endif
 
 test: setup

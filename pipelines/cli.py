@@ -27,6 +27,7 @@ console = Console(stderr=True)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 SOURCE_HELP = ("taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH] | csv:PATH,... | parquet:PATH,..."
                " | synthetic; default: params data.source")
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter, e.g. train.n_per_source=30")]
 RootOpt = Annotated[Path, typer.Option("--root", help="project root that holds data/, models/, reports/")]
 
 
@@ -122,11 +123,12 @@ def pipeline(
     source: Annotated[str | None, typer.Option(help="ingest SOURCE (default: params data.source)")] = None,
     root: RootOpt = Path("."),
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Run every stage in this process, then print the summary."""
     from pipelines.run import stages
 
-    for name, thunk in stages(load_params(params), Paths(root), source):
+    for name, thunk in stages(load_params(params, set_), Paths(root), source):
         start = time.perf_counter()
         with console.status(f"{name} ..."):
             thunk()
@@ -139,12 +141,13 @@ def benchmark(
     dataset: Annotated[str, typer.Option(help="ingest SOURCE, e.g. seqfile:Beauty.txt,attributes=attrs.json")],
     out: Annotated[Path, typer.Option(help="directory for metrics.json, test_recommendations.csv, timings")],
     params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
 ) -> None:
     """Run the whole two-stage pipeline under leave-one-out on one data set and report every component."""
     from pipelines.benchmark import run_benchmark
 
     command = "shoprec " + " ".join(sys.argv[1:])
-    run_benchmark(dataset, out, load_params(params), command, echo=Console().print)
+    run_benchmark(dataset, out, load_params(params, set_), command, echo=Console().print)
 
 
 @app.command()

@@ -103,15 +103,30 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and check ``params.yaml``; a bad field is reported as ``FILE: field: problem``."""
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML), like ``dvc exp run -S``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ShoprecError(f"--set {item}: expected KEY=VALUE, e.g. train.sasrec.time_budget_s=20")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ShoprecError(f"--set {item}: {part} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read and check ``params.yaml`` (plus overrides); a bad field is reported as ``FILE: field: problem``."""
     p = Path(path)
-    if not p.exists():
-        return Params()
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
     except yaml.YAMLError as exc:
         raise ShoprecError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = apply_overrides(raw, overrides or [])
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
