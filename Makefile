@@ -19,7 +19,7 @@ DEMO_SET := --set train.sasrec.time_budget_s=20 --set train.lightgcn.time_budget
             --set train.ranker_params.deep.time_budget_s=10
 BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
-.PHONY: setup demo test lint repro lock clean
+.PHONY: setup demo test lint repro train-flow lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ lint: setup
 
 repro: setup
 	$(BIN)/dvc repro
+
+# The Prefect training flow in ephemeral mode (no server): stages as tasks, then MLflow registration and the gate.
+train-flow: setup
+	$(BIN)/python -m flows.training
 
 # Re-resolve the pinned set after changing pyproject.toml ranges.
 lock: setup

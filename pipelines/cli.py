@@ -18,11 +18,13 @@ from rich.table import Table
 
 from pipelines.config import load_params
 from pipelines.errors import ShoprecError
+from pipelines.models_cli import models_app
 from pipelines.paths import Paths
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="shoprec: e-commerce recommendations from behaviour logs.")
 console = Console(stderr=True)
+app.add_typer(models_app, name="models", help="the MLflow model registry: list, show, promote, rollback")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 SOURCE_HELP = ("taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH] | csv:PATH,... | parquet:PATH,..."

@@ -264,7 +264,6 @@ def _ingest_synthetic(spec: SourceSpec, source: str, out_dir: Path, progress: bo
     with atomic_dir(out_dir) as tmp:
         manifest = generate(tmp, params, progress=progress)
         manifest.source = source
-        manifest.extra["inputs_md5"] = _inputs_md5(spec)
         manifest.write(tmp)
     return manifest
 

@@ -1,0 +1,243 @@
+"""MLflow tracking and model registry: one run and one registered version of ``shoprec`` per training.
+
+The embedded default store is SQLite under the project (``<root>/mlflow.db``, artifacts in ``<root>/mlartifacts``);
+``MLFLOW_TRACKING_URI`` overrides it (a SQLite URI keeps its artifacts in ``mlartifacts`` beside the database file).
+
+Aliases: ``champion`` is the version to serve (``models:/shoprec@champion``), ``previous_champion`` the one it
+replaced, which ``rollback`` restores. Every alias move is one ``set_registered_model_alias`` call, which the
+store applies atomically, so a reader of ``champion`` sees either the old or the new version, never a gap.
+Concurrent promotions are last-writer-wins on ``champion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+
+from pipelines.atomic import read_json, write_json
+from pipelines.config import Params
+from pipelines.errors import ShoprecError
+from pipelines.paths import Paths
+
+MODEL_NAME = "shoprec"
+EXPERIMENT = "shoprec"
+CHAMPION = "champion"
+PREVIOUS = "previous_champion"
+GATE_TAG = "gate"
+METRIC_KS = (5, 10, 20)
+_ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one training run left in MLflow."""
+
+    run_id: str
+    version: str
+    gate_passed: bool
+    metrics: dict[str, float]
+    data_version: dict[str, str]
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store ``sqlite:///<root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def client(root: str | Path = ".") -> MlflowClient:
+    uri = tracking_uri(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Local stores keep artifacts beside the database; a tracking server chooses its own location."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def _experiment_id(reg: MlflowClient) -> str:
+    found = reg.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return reg.create_experiment(EXPERIMENT, artifact_location=_artifact_location(reg.tracking_uri))
+    except MlflowException as exc:  # another process created it first
+        if exc.error_code not in _ALREADY_EXISTS:
+            raise
+        return reg.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def _ensure_registered_model(reg: MlflowClient) -> None:
+    try:
+        reg.create_registered_model(MODEL_NAME, description="shoprec recommender (models/candidate directory)")
+    except MlflowException as exc:
+        if exc.error_code not in _ALREADY_EXISTS:
+            raise
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and scalars become strings."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return flat
+
+
+def candidate_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The candidate's overall test metrics (``ndcg@10`` -> ``ndcg_at_10``), coverage and novelty."""
+    entry = metrics["models"]["candidate"]
+    overall = {
+        f"{m}_at_{k}": float(entry["overall"][f"{m}@{k}"])
+        for m in ("hr", "ndcg", "recall", "mrr") for k in METRIC_KS if f"{m}@{k}" in entry["overall"]
+    }
+    return overall | {"coverage": float(entry["coverage"]), "novelty": float(entry["novelty"])}
+
+
+def _tree_md5(directory: Path) -> str:
+    """md5 over the relative paths and contents of every file under ``directory``."""
+    digest = hashlib.md5()
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(directory).as_posix().encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def data_version(paths: Paths) -> tuple[dict[str, str], dict[str, Any]]:
+    """Short digests of the data read (tags), and the full inputs behind them (artifact).
+
+    A synthetic source is versioned by its generator parameters, any other by the md5 of its input files.
+    """
+    manifest = read_json(paths.ingested / "manifest.json")
+    extra = manifest.get("extra", {})
+    if manifest["source"].startswith("synthetic"):
+        inputs = {k: v for k, v in extra.items() if k not in ("inputs_md5", "quarantined")}
+    else:
+        inputs = extra.get("inputs_md5", {})
+    digests = {
+        "source": manifest["source"],
+        "inputs_md5": hashlib.md5(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
+        "validated_md5": _tree_md5(paths.validated),
+    }
+    return digests, {**digests, "inputs": inputs}
+
+
+def log_training_run(paths: Paths, params: Params) -> RunRecord:
+    """Log one finished training (params, test metrics, data version, gate, model) and register its model."""
+    reg = client(paths.root)
+    gate = read_json(paths.gate)
+    metrics = candidate_metrics(read_json(paths.metrics / "metrics.json"))
+    versions, inputs = data_version(paths)
+    status = "passed" if gate["passed"] else "failed"
+    run = reg.create_run(_experiment_id(reg), run_name=f"training-{time.strftime('%Y%m%dT%H%M%S')}",
+                            tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        reg.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                         params=[Param(k, v) for k, v in flatten(params.model_dump(by_alias=True)).items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            write_json(Path(tmp) / "data_version.json", inputs)
+            reg.log_artifact(run_id, str(Path(tmp) / "data_version.json"), "data")
+        reg.log_artifact(run_id, str(paths.gate), "gate")
+        reg.log_artifact(run_id, str(paths.validation_summary), "validation")
+        reg.log_artifact(run_id, str(paths.metrics / "metrics.json"), "metrics")
+        reg.log_artifacts(run_id, str(paths.candidate), "model")
+    except BaseException:
+        reg.set_terminated(run_id, "FAILED")
+        raise
+    reg.set_terminated(run_id, "FINISHED")
+    _ensure_registered_model(reg)
+    version = reg.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run_id,
+                                          tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
+    return RunRecord(run_id, str(version.version), bool(gate["passed"]), metrics, versions)
+
+
+def _alias_version(reg: MlflowClient, alias: str) -> str | None:
+    try:
+        return str(reg.get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bool:
+    """Point ``champion`` at ``version`` if the gate passed; remember the replaced champion as ``previous_champion``.
+
+    A rejected version stays registered, tagged ``gate=failed``, and the aliases are untouched. Returns whether
+    ``version`` is now the champion.
+    """
+    reg = client(root)
+    version = str(version)
+    reg.get_model_version(MODEL_NAME, version)  # fails clearly on an unknown version
+    if not gate_passed:
+        return False
+    current = _alias_version(reg, CHAMPION)
+    if current == version:
+        return True
+    if current is not None:
+        reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
+    reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return True
+
+
+def rollback(root: str | Path = ".") -> str:
+    """Move ``champion`` back to ``previous_champion`` (then cleared, so a second rollback is refused)."""
+    reg = client(root)
+    previous = _alias_version(reg, PREVIOUS)
+    if previous is None:
+        raise ShoprecError(f"model '{MODEL_NAME}' has no {PREVIOUS} to roll back to")
+    demoted = _alias_version(reg, CHAMPION)
+    reg.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
+    reg.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
+    if demoted is not None:
+        reg.set_model_version_tag(MODEL_NAME, demoted, "rolled_back", "true")
+    return previous
+
+
+def _describe(version: Any, aliases: dict[str, str]) -> dict[str, Any]:
+    """``aliases`` maps alias -> version, as the registered model reports them (version searches omit them)."""
+    mine = sorted(alias for alias, v in aliases.items() if str(v) == str(version.version))
+    return {"version": str(version.version), "aliases": mine, "gate": version.tags.get(GATE_TAG),
+            "run_id": version.run_id, "source": version.source, "created": version.creation_timestamp,
+            "tags": dict(version.tags)}
+
+
+def list_versions(root: str | Path = ".") -> list[dict[str, Any]]:
+    """Every registered version of ``shoprec``, oldest first, with its aliases and gate result."""
+    reg = client(root)
+    found = reg.search_model_versions(f"name='{MODEL_NAME}'")
+    aliases = reg.get_registered_model(MODEL_NAME).aliases if found else {}
+    return [_describe(v, aliases) for v in sorted(found, key=lambda v: int(v.version))]
+
+
+def show(version_or_alias: str | int, root: str | Path = ".") -> dict[str, Any]:
+    """One version (by number or alias such as ``champion``) with its run's metrics."""
+    reg = client(root)
+    ref = str(version_or_alias)
+    try:
+        version = (reg.get_model_version(MODEL_NAME, ref) if ref.isdigit()
+                   else reg.get_model_version_by_alias(MODEL_NAME, ref))
+    except MlflowException as exc:
+        raise ShoprecError(f"model '{MODEL_NAME}': no version or alias '{ref}'") from exc
+    info = _describe(version, reg.get_registered_model(MODEL_NAME).aliases)
+    info["metrics"] = reg.get_run(version.run_id).data.metrics if version.run_id else {}
+    return info

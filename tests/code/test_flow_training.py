@@ -1,0 +1,108 @@
+"""The training flow in Prefect's ephemeral mode, on a tiny synthetic data set (covisit model, fast)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.errors import DataError
+from tests.conftest import REPO
+
+TINY = {"users": 300, "items": 300, "categories": 8, "events_per_user": 30}
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """The flow function, with Prefect's home (its ephemeral database) and MLflow's store in temporary dirs.
+
+    Prefect reads its settings once, when imported, so the environment is set before the import.
+    """
+    if "prefect" in sys.modules:
+        pytest.skip("prefect was imported before its settings could point at a temporary PREFECT_HOME")
+    base = tmp_path_factory.mktemp("flow-env")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFECT_HOME", str(base / "prefect"))
+        env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+        env.setenv("TQDM_DISABLE", "1")
+        from flows.training import training as flow
+
+        yield flow
+
+
+def project(root: Path, **overrides: dict[str, Any]) -> Path:
+    """``root`` with the repo's params.yaml shrunk to a data set and model that train in seconds."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synthetic"].update(TINY)
+    params["train"]["model"] = "covisit"
+    params["evaluate"]["bootstrap_samples"] = 100
+    for section, values in overrides.items():
+        params[section].update(values)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def test_flow_trains_registers_and_promotes(training: Callable[..., Any], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch):
+    from pipelines import registry
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.ingest._inputs_md5)
+    result = training(root=str(root))
+    assert result["status"] == "promoted", result
+    assert registry.show("champion")["version"] == result["version"]
+    assert (root / "models" / "champion" / "serving.joblib").exists()
+
+
+def test_validation_failure_fails_the_flow_before_training(training: Callable[..., Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    from pipelines.errors import ValidationFailed
+
+    root = project(tmp_path / "project", validate={"window_start": "2030-01-01T00:00:00+00:00"})
+    monkeypatch.chdir(root)
+    state = training(root=str(root), return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.result(raise_on_failure=False), ValidationFailed)
+    assert not (root / "models" / "candidate").exists()
+    assert not (root / "data" / "split").exists()
+
+
+def test_rejected_gate_completes_without_touching_the_champion(training: Callable[..., Any], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    from pipelines import registry
+
+    root = project(tmp_path / "project", gate={"min_ndcg_at_10": 2.0})
+    monkeypatch.chdir(root)
+    champion = registry.show("champion")["version"]  # from the first test: the flow store is shared
+    result = training(root=str(root))
+    assert result["status"] == "rejected"
+    assert registry.show("champion")["version"] == champion
+    assert registry.show(result["version"])["gate"] == "failed"
+    assert not (root / "models" / "champion").exists()
+
+
+@pytest.mark.parametrize(("error", "calls"), [(OSError("disk hiccup"), 3), (DataError("x.csv", "bad row"), 1)])
+def test_ingest_retries_io_errors_only(training: Callable[..., Any], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, error: Exception, calls: int):
+    import flows.training
+    import pipelines.ingest
+
+    attempts = []
+
+    def failing_ingest(*args: Any, **kwargs: Any) -> None:
+        attempts.append(1)
+        raise error
+
+    monkeypatch.setattr(pipelines.ingest, "ingest", failing_ingest)
+    monkeypatch.setattr(flows.training, "IO_RETRY_DELAY_S", 0)
+    state = training(root=str(project(tmp_path / "project")), return_state=True)
+    assert state.is_failed()
+    assert type(state.result(raise_on_failure=False)) is type(error)
+    assert len(attempts) == calls
