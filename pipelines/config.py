@@ -89,6 +89,9 @@ class GateParams(_Section):
     min_hr_at_10: float = 0.0
     # the candidate must beat popularity on NDCG@10 by at least this, with the bootstrap CI above zero
     min_lift_over_popularity: float = 0.0
+    # cold-start users (< 3 training events) may lose at most this much NDCG@10 against popularity
+    max_cold_start_regression: float = 0.02
+    max_ms_per_user: float = Field(50.0, gt=0)  # batch scoring latency budget
 
 
 class Params(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def evaluate_models(
                               "purchase_users": int(len(p_users)), "models": {}}
     per_user_all: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
+        start = time.perf_counter()
         if isinstance(model, TwoStage):
             # one pass gives the chosen ranker's lists and every other ranker's and source's, for comparison
             lists = model.recommend_all(users, max(params.ks))
@@ -52,6 +54,7 @@ def evaluate_models(
             report["validation"] = model.report_
         else:
             recs, _ = model.recommend(users, max(params.ks), exclude_seen=exclude_seen)
+        elapsed = time.perf_counter() - start
         per_user = per_user_all[name] = per_user_metrics(recs, targets, params.ks)
         if lists_out is not None:
             lists_out[name], lists_out["users"] = recs, users
@@ -60,6 +63,8 @@ def evaluate_models(
             "cold_start": _summary({m: v[cold] for m, v in per_user.items()}),
             "coverage": round(coverage(recs, history.n_items), 6),
             "novelty": round(novelty(recs, popularity), 4),
+            # batch scoring time per user (for a two-stage model it includes scoring every ranker and source)
+            "ms_per_user": round(1000 * elapsed / max(len(users), 1), 3),
         }
         if len(p_users):
             rows = np.searchsorted(users, p_users)  # purchase users are a subset of ``users`` (both sorted)

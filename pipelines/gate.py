@@ -40,7 +40,22 @@ def decide(metrics: dict[str, Any], validation: dict[str, Any], params: GatePara
               lift.get("mean", 0.0) >= params.min_lift_over_popularity),
         Check("lift_ndcg@10_ci_low_above_zero", lift.get("ci_low", 0.0), 0.0, lift.get("ci_low", 0.0) > 0.0),
     ]
+    checks += _cold_start_and_latency(metrics, params)
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+def _cold_start_and_latency(metrics: dict[str, Any], params: GateParams) -> list[Check]:
+    """Cold-start NDCG@10 against popularity (when the segment exists) and per-user scoring time."""
+    models = metrics["models"]
+    checks = []
+    if metrics.get("cold_start_users", 0) and "baseline" in models:
+        gap = models["baseline"]["cold_start"]["ndcg@10"] - models["candidate"]["cold_start"]["ndcg@10"]
+        checks.append(Check("cold_start_ndcg@10_regression_vs_popularity", round(gap, 6),
+                            params.max_cold_start_regression, gap <= params.max_cold_start_regression))
+    if "ms_per_user" in models["candidate"]:
+        ms = models["candidate"]["ms_per_user"]
+        checks.append(Check("scoring_ms_per_user", ms, params.max_ms_per_user, ms <= params.max_ms_per_user))
+    return checks
 
 
 def run_gate(

@@ -48,3 +48,13 @@ def test_rejected_candidate_leaves_champion_untouched(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics()))
     assert run_gate(*args, GateParams()).passed
     assert (champ / "m.joblib").read_text() == "new"
+
+
+def test_cold_start_regression_and_latency_are_checked():
+    m = metrics()
+    m["cold_start_users"] = 10
+    m["models"]["candidate"] |= {"cold_start": {"ndcg@10": 0.01}, "ms_per_user": 80.0}
+    m["models"]["baseline"] = {"cold_start": {"ndcg@10": 0.05}, "overall": {"ndcg@10": 0.01}}
+    d = decide(m, {"success": True}, GateParams(max_cold_start_regression=0.02, max_ms_per_user=50))
+    assert sorted(c.name for c in d.checks if not c.passed) == [
+        "cold_start_ndcg@10_regression_vs_popularity", "scoring_ms_per_user"]
