@@ -35,7 +35,7 @@ def stages(params: Params, paths: Paths, source: str | None = None) -> list[tupl
     def train() -> Any:
         from pipelines.train import run_train
 
-        return run_train(paths.features, paths.candidate, params.train)
+        return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen)
 
     def evaluate() -> Any:
         from pipelines.evaluate import run_evaluate

@@ -18,7 +18,7 @@ EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on t
 ALL_EVENTS = ("train", "valid", "test")
 
 
-def fit_two_stage(features: Features, params: TrainParams) -> TwoStage:
+def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = True) -> TwoStage:
     """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.two_stage``)."""
     from pipelines.rankers import build_ranker
 
@@ -26,16 +26,16 @@ def fit_two_stage(features: Features, params: TrainParams) -> TwoStage:
     info = ItemInfo.build(features.vocab, features.items, known)
     sources = {name: build_source(name, params, info.category) for name in params.sources}
     rankers = {name: build_ranker(name, **params.ranker_params.get(name, {})) for name in params.rankers}
-    model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed)
+    model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed, exclude_seen)
     return model.fit(features.history(("train",)), features.target_sets("valid"))
 
 
-def fit_models(features: Features, params: TrainParams) -> dict[str, Recommender]:
+def fit_models(features: Features, params: TrainParams, exclude_seen: bool = True) -> dict[str, Recommender]:
     """The candidate (scored on test), the serving model (all events) and the popularity baseline."""
     eval_history = features.history(EVAL_HISTORY)
     baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit(eval_history)
     if params.model == "two_stage":
-        model = fit_two_stage(features, params)
+        model = fit_two_stage(features, params, exclude_seen)
         return {"candidate": model.with_history(eval_history), "baseline": baseline,
                 "serving": model.with_history(features.history(ALL_EVENTS))}
     return {
@@ -45,11 +45,13 @@ def fit_models(features: Features, params: TrainParams) -> dict[str, Recommender
     }
 
 
-def run_train(features_dir: str | Path, out_dir: str | Path, params: TrainParams) -> dict[str, object]:
+def run_train(
+    features_dir: str | Path, out_dir: str | Path, params: TrainParams, exclude_seen: bool = True
+) -> dict[str, object]:
     """Stage entry point: write ``candidate.joblib``, ``baseline.joblib``, ``serving.joblib`` and ``meta.json``."""
     start = time.perf_counter()
     features = load_features(features_dir)
-    models = fit_models(features, params)
+    models = fit_models(features, params, exclude_seen)
     candidate = models["candidate"]
     meta = {
         "model": params.model,

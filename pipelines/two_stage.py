@@ -57,9 +57,10 @@ class TwoStage(Recommender):
 
     def __init__(
         self, sources: dict[str, Recommender], rankers: dict[str, Ranker], info: ItemInfo,
-        n_per_source: int = 50, holdout_share: float = 0.2, seed: int = 0,
+        n_per_source: int = 50, holdout_share: float = 0.2, seed: int = 0, exclude_seen: bool = True,
     ):
         self.sources, self.rankers, self.info = sources, rankers, info
+        self.exclude_seen = exclude_seen  # False where repeat purchases are real: seen items may be candidates
         self.n_per_source, self.holdout_share, self.seed = n_per_source, holdout_share, seed
         self.report_: dict[str, Any] = {}
 
@@ -138,7 +139,7 @@ class TwoStage(Recommender):
         return self._context
 
     def _score_batch(self, users: np.ndarray, context: FeatureContext) -> Scored:
-        cands = generate_candidates(self.sources, users, self.n_per_source)
+        cands = generate_candidates(self.sources, users, self.n_per_source, self.exclude_seen)
         X, names = context.features(cands)
         nonempty = cands.group[cands.group > 0]
         data = RankingData(X=X, group=nonempty, y=None, feature_names=names, item_codes=cands.item,

@@ -94,3 +94,14 @@ def test_fitted_two_stage_round_trips_through_joblib(features: Features, tmp_pat
     users = features.target_sets("test")[0][:30]
     np.testing.assert_array_equal(model.recommend(users, 10)[0], again.recommend(users, 10)[0])
     assert isinstance(pd.DataFrame(model.report_["selection"]["results"]), pd.DataFrame)
+
+
+def test_seen_items_can_be_candidates_when_repeats_are_allowed(features: Features):
+    history = features.history(("train",))
+    sources = {"pop": Popularity().fit(history)}
+    users = features.target_sets("valid")[0][:30]
+    seen = {(u, i) for u, i in zip(history.user, history.item, strict=True)}
+    allowed = generate_candidates(sources, users, 50, exclude_seen=False)
+    excluded = generate_candidates(sources, users, 50, exclude_seen=True)
+    assert any((u, i) in seen for u, i in zip(allowed.user, allowed.item, strict=True))
+    assert not any((u, i) in seen for u, i in zip(excluded.user, excluded.item, strict=True))
