@@ -11,6 +11,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export TF_CPP_MIN_LOG_LEVEL := 2
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
 # DATA=synthetic (default, embedded) or DATA=beauty (real Amazon Beauty from ../shared, tracked by DVC)
 DATA ?= synthetic
@@ -19,7 +20,7 @@ DEMO_SET := --set train.sasrec.time_budget_s=20 --set train.lightgcn.time_budget
             --set train.ranker_params.deep.time_budget_s=10
 BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
-.PHONY: setup demo test lint repro train-flow lock clean
+.PHONY: setup demo test lint repro train-flow prefect-server prefect-serve prefect-run lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,18 @@ repro: setup
 # The Prefect training flow in ephemeral mode (no server): stages as tasks, then MLflow registration and the gate.
 train-flow: setup
 	$(BIN)/python -m flows.training
+
+# A local Prefect server (UI and API on loopback only).
+prefect-server: setup
+	$(BIN)/prefect server start --host 127.0.0.1
+
+# Serve the training/nightly deployment (cron 02:00 UTC) from this process; no work pool or worker needed.
+prefect-serve: setup
+	$(BIN)/python -m flows.deploy
+
+# Trigger one run of the served deployment now and wait for its result.
+prefect-run: setup
+	$(BIN)/prefect deployment run training/nightly --watch --watch-timeout 1800
 
 # Re-resolve the pinned set after changing pyproject.toml ranges.
 lock: setup
