@@ -11,7 +11,6 @@ export OMP_WAIT_POLICY := PASSIVE
 export TF_CPP_MIN_LOG_LEVEL := 2
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
 # DATA=synthetic (default, embedded) or DATA=beauty (real Amazon Beauty from ../shared, tracked by DVC)
 DATA ?= synthetic
@@ -58,12 +57,14 @@ prefect-server: setup
 	$(BIN)/prefect server start --host 127.0.0.1
 
 # Serve the training/nightly deployment (cron 02:00 UTC) from this process; no work pool or worker needed.
+# Only these targets talk to the server; everything else (tests, train-flow) uses Prefect's ephemeral mode.
+PREFECT_URL ?= http://127.0.0.1:4200/api
 prefect-serve: setup
-	$(BIN)/python -m flows.deploy
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/python -m flows.deploy
 
 # Trigger one run of the served deployment now and wait for its result.
 prefect-run: setup
-	$(BIN)/prefect deployment run training/nightly --watch --watch-timeout 1800
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run training/nightly --watch --watch-timeout 1800
 
 # Re-resolve the pinned set after changing pyproject.toml ranges.
 lock: setup

@@ -27,6 +27,7 @@ def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
     base = tmp_path_factory.mktemp("flow-env")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PREFECT_HOME", str(base / "prefect"))
+        env.delenv("PREFECT_API_URL", raising=False)  # ephemeral mode even where a server is configured
         env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
         env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
