@@ -85,64 +85,76 @@ def _item_popularity(history: Interactions) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def _steps_since(
-    users: np.ndarray, keys: np.ndarray, steps: np.ndarray, q_users: np.ndarray, q_keys: np.ndarray
-) -> np.ndarray:
-    """Fewest steps back at which each (user, key) pair of the history occurred; NaN if never."""
-    latest = pd.DataFrame({"u": users, "k": keys, "s": steps}).groupby(["u", "k"])["s"].min()
+class _Profiles:
+    """Per-user summaries of one history that the per-candidate features look up (built once per history)."""
+
+    def __init__(self, history: Interactions, info: ItemInfo, steps: np.ndarray):
+        cat = info.category[history.item]
+        known = cat >= 0
+        shape = (history.n_users, max(info.n_categories, 1))
+        self.user_events = np.maximum(np.bincount(history.user, minlength=history.n_users), 1)
+        self.category_counts = {}
+        for code, name in [(None, "all"), *enumerate(EVENT_TYPES)]:
+            sel = known if code is None else known & (history.event == code)
+            self.category_counts[name] = sp.csr_matrix(
+                (np.ones(sel.sum(), np.float32), (history.user[sel], cat[sel])), shape=shape)
+        self.category_latest = _latest(history.user[known], cat[known], steps[known])
+        self.item_latest = _latest(history.user, history.item, steps)
+        recent = steps < RECENT_ITEMS
+        attrs = info.attributes[history.item[recent]]  # (n_recent, MAX_ATTRIBUTES)
+        users, flat = np.repeat(history.user[recent], attrs.shape[1]), attrs.ravel()
+        ok = flat >= 0
+        n_attr = max(info.n_attributes, 1)
+        profile = sp.csr_matrix((np.ones(ok.sum(), np.float32), (users[ok], flat[ok])), shape=(history.n_users, n_attr))
+        self.attributes: np.ndarray | sp.csr_matrix = (
+            profile.toarray() if history.n_users * n_attr <= 50_000_000 else profile)
+        self.n_recent = np.maximum(np.bincount(history.user[recent], minlength=history.n_users), 1)
+        self.last_item = np.full(history.n_users, -1, dtype=np.int64)
+        newest = steps == 0
+        self.last_item[history.user[newest]] = history.item[newest]
+
+
+def _latest(users: np.ndarray, keys: np.ndarray, steps: np.ndarray) -> pd.Series:
+    """Fewest steps back at which each (user, key) pair of the history occurred."""
+    return pd.DataFrame({"u": users, "k": keys, "s": steps}).groupby(["u", "k"])["s"].min()
+
+
+def _steps_since(latest: pd.Series, q_users: np.ndarray, q_keys: np.ndarray) -> np.ndarray:
+    """``latest`` looked up for many (user, key) pairs; NaN where the user never touched the key."""
     return latest.reindex(pd.MultiIndex.from_arrays([q_users, q_keys])).to_numpy(dtype=np.float32)
 
 
-def _category_features(history: Interactions, info: ItemInfo, cands: Candidates, steps: np.ndarray) -> dict:
-    """User x category affinity by event type, and how many steps ago the user touched the category."""
-    cat = info.category[history.item]
-    known = cat >= 0
-    n_cat = max(info.n_categories, 1)
-    shape = (history.n_users, n_cat)
+def _category_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict:
+    """User x category affinity by event type, and how many steps ago the user touched the category/item."""
     cand_cat = info.category[cands.item]
-    user_events = np.maximum(np.bincount(history.user, minlength=history.n_users), 1)
-    out = {}
-    for code, name in [(None, "all"), *enumerate(EVENT_TYPES)]:
-        sel = known if code is None else known & (history.event == code)
-        m = sp.csr_matrix((np.ones(sel.sum(), np.float32), (history.user[sel], cat[sel])), shape=shape)
-        out[f"user_cat_share_{name}"] = _lookup(m, cands.user, cand_cat) / user_events[cands.user]
-    out["steps_since_category"] = _steps_since(history.user[known], cat[known], steps[known], cands.user, cand_cat)
-    out["steps_since_item"] = _steps_since(history.user, history.item, steps, cands.user, cands.item)
+    out = {f"user_cat_share_{name}": _lookup(m, cands.user, cand_cat) / p.user_events[cands.user]
+           for name, m in p.category_counts.items()}
+    out["steps_since_category"] = _steps_since(p.category_latest, cands.user, cand_cat)
+    out["steps_since_item"] = _steps_since(p.item_latest, cands.user, cands.item)
     return out
 
 
-def _attribute_features(history: Interactions, info: ItemInfo, cands: Candidates, steps: np.ndarray) -> dict:
+def _attribute_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict:
     """Overlap of the candidate's attributes with the user's recent items and with the last item."""
-    n_attr = max(info.n_attributes, 1)
-    recent = steps < RECENT_ITEMS
-    attrs = info.attributes[history.item[recent]]  # (n_recent, MAX_ATTRIBUTES)
-    users = np.repeat(history.user[recent], attrs.shape[1])
-    flat = attrs.ravel()
-    ok = flat >= 0
-    profile = sp.csr_matrix((np.ones(ok.sum(), np.float32), (users[ok], flat[ok])), shape=(history.n_users, n_attr))
-    profile_dense = profile.toarray() if history.n_users * n_attr <= 50_000_000 else None
     cand_attrs = info.attributes[cands.item]
     valid = cand_attrs >= 0
     n_valid = np.maximum(valid.sum(axis=1), 1)
-    if profile_dense is not None:
-        gathered = np.where(valid, profile_dense[cands.user[:, None], np.maximum(cand_attrs, 0)], 0.0)
+    if isinstance(p.attributes, np.ndarray):
+        gathered = np.where(valid, p.attributes[cands.user[:, None], np.maximum(cand_attrs, 0)], 0.0)
     else:
-        gathered = np.stack([_lookup(profile, cands.user, cand_attrs[:, j]) for j in range(cand_attrs.shape[1])], 1)
-    n_recent = np.maximum(np.bincount(history.user[recent], minlength=history.n_users), 1)
-    last_item = np.full(history.n_users, -1, dtype=np.int64)
-    newest = steps == 0
-    last_item[history.user[newest]] = history.item[newest]
-    last_attrs = info.attributes[np.maximum(last_item[cands.user], 0)]
-    shared_last = (cand_attrs[:, :, None] == last_attrs[:, None, :]) & valid[:, :, None]
-    shared_last &= (last_item[cands.user] >= 0)[:, None, None]
+        gathered = np.stack([_lookup(p.attributes, cands.user, cand_attrs[:, j])
+                             for j in range(cand_attrs.shape[1])], 1)
+    last = p.last_item[cands.user]
+    has_last = last >= 0
+    last_attrs = info.attributes[np.maximum(last, 0)]
+    shared_last = (cand_attrs[:, :, None] == last_attrs[:, None, :]) & valid[:, :, None] & has_last[:, None, None]
+    cand_cat = info.category[cands.item]
     return {
-        "attr_overlap_recent": (gathered.sum(axis=1) / (n_valid * n_recent[cands.user])).astype(np.float32),
+        "attr_overlap_recent": (gathered.sum(axis=1) / (n_valid * p.n_recent[cands.user])).astype(np.float32),
         "attr_any_recent": (gathered > 0).sum(axis=1).astype(np.float32) / n_valid,
         "attr_shared_with_last": shared_last.any(axis=2).sum(axis=1).astype(np.float32) / n_valid,
         "same_category_as_last": (
-            (info.category[cands.item] >= 0)
-            & (info.category[cands.item] == info.category[np.maximum(last_item[cands.user], 0)])
-            & (last_item[cands.user] >= 0)
+            (cand_cat >= 0) & (cand_cat == info.category[np.maximum(last, 0)]) & has_last
         ).astype(np.float32),
     }
 
@@ -172,10 +184,11 @@ class FeatureContext:
     """Everything about one history that features need, computed once and reused for every user batch."""
 
     def __init__(self, history: Interactions, info: ItemInfo):
-        self.history, self.info = history, info
+        self.info = info
         self.steps, self.counts = _user_item_steps(history)
         self.popularity = _item_popularity(history)
         self.distinct = np.asarray((history.seen > 0).sum(axis=1)).ravel()
+        self.profiles = _Profiles(history, info, self.steps)
 
     def features(self, cands: Candidates) -> tuple[np.ndarray, list[str]]:
         """The (n_rows, n_features) float32 matrix for ``cands`` and the feature names, NaN for missing."""
@@ -183,7 +196,7 @@ class FeatureContext:
         feats |= {name: values[cands.item] for name, values in self.popularity.items()}
         feats["user_events"] = np.log1p(self.counts[cands.user]).astype(np.float32)
         feats["user_distinct_items"] = np.log1p(self.distinct[cands.user]).astype(np.float32)
-        feats |= _category_features(self.history, self.info, cands, self.steps)
-        feats |= _attribute_features(self.history, self.info, cands, self.steps)
+        feats |= _category_features(self.profiles, self.info, cands)
+        feats |= _attribute_features(self.profiles, self.info, cands)
         names = list(feats)
         return np.column_stack([feats[n] for n in names]).astype(np.float32), names
