@@ -87,7 +87,17 @@ class Interactions:
         m.data[:] = 1.0
         return m
 
+    @cached_property
+    def user_bounds(self) -> np.ndarray:
+        """Events of user u are ``[user_bounds[u], user_bounds[u + 1])`` (events are sorted by user)."""
+        return np.searchsorted(self.user, np.arange(self.n_users + 1))
+
+    @cached_property
+    def steps_back(self) -> np.ndarray:
+        """Per event, how many later events its user has (0 = the user's newest event)."""
+        return self.user_bounds[1:][self.user] - np.arange(len(self.user)) - 1
+
     def sequences(self) -> list[np.ndarray]:
         """Each user's item codes in time order (empty for users without history)."""
-        bounds = np.searchsorted(self.user, np.arange(self.n_users + 1))
+        bounds = self.user_bounds
         return [self.item[bounds[u]: bounds[u + 1]] for u in range(self.n_users)]

@@ -54,14 +54,6 @@ class ItemInfo:
                    n_categories=len(cats.categories), n_attributes=len(codes.categories))
 
 
-def _user_item_steps(history: Interactions) -> tuple[np.ndarray, np.ndarray]:
-    """Per event: steps back from the user's newest event (0 = newest), and the user's event count."""
-    bounds = np.searchsorted(history.user, np.arange(history.n_users + 1))
-    counts = np.diff(bounds)
-    steps_back = bounds[1:][history.user] - np.arange(len(history)) - 1
-    return steps_back, counts
-
-
 def _lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """matrix[rows[i], cols[i]] for many pairs, as a dense float32 vector (cols < 0 give 0)."""
     ok = cols >= 0
@@ -185,7 +177,7 @@ class FeatureContext:
 
     def __init__(self, history: Interactions, info: ItemInfo):
         self.info = info
-        self.steps, self.counts = _user_item_steps(history)
+        self.steps, self.counts = history.steps_back, np.diff(history.user_bounds)
         self.popularity = _item_popularity(history)
         self.distinct = np.asarray((history.seen > 0).sum(axis=1)).ravel()
         self.profiles = _Profiles(history, info, self.steps)

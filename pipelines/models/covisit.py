@@ -39,11 +39,7 @@ def covisitation_matrix(history: Interactions, event_weights: dict[str, float], 
 
 def recent_profile(history: Interactions, event_weights: dict[str, float], history_len: int) -> sp.csr_matrix:
     """User x item weights of each user's last ``history_len`` events, the latest weighing most."""
-    pos_from_end = np.zeros(len(history), dtype=np.int64)
-    if len(history):
-        bounds = np.searchsorted(history.user, np.arange(history.n_users + 1))
-        ends = bounds[1:][history.user]
-        pos_from_end = ends - np.arange(len(history)) - 1
+    pos_from_end = history.steps_back
     keep = pos_from_end < history_len
     w = history.event_weights(event_weights)[keep] / (1.0 + pos_from_end[keep])
     return sp.csr_matrix(

@@ -75,18 +75,10 @@ def _tensorflow() -> Any:
     return tf
 
 
-def _positions_from_end(history: Interactions) -> np.ndarray:
-    """For every event, how many later events its user has (0 = the user's latest event)."""
-    if not len(history):
-        return np.zeros(0, dtype=np.int64)
-    bounds = np.searchsorted(history.user, np.arange(history.n_users + 1))
-    return bounds[1:][history.user] - np.arange(len(history)) - 1
-
-
 def last_items(history: Interactions, max_len: int) -> np.ndarray:
     """(n_users, max_len) int32 of each user's latest items + 1, left-padded with PAD: the scoring input."""
     out = np.full((history.n_users, max_len), PAD, dtype=np.int32)
-    pos = _positions_from_end(history)
+    pos = history.steps_back
     keep = pos < max_len
     out[history.user[keep], max_len - 1 - pos[keep]] = history.item[keep] + 1
     return out
@@ -94,7 +86,7 @@ def last_items(history: Interactions, max_len: int) -> np.ndarray:
 
 def training_sequences(history: Interactions, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-item targets (both item + 1, left-padded) for users with at least two events."""
-    pos = _positions_from_end(history)
+    pos = history.steps_back
     inputs = np.full((history.n_users, max_len), PAD, dtype=np.int32)
     targets = np.full((history.n_users, max_len), PAD, dtype=np.int32)
     as_input = (pos >= 1) & (pos <= max_len)  # every event but the latest can be an input

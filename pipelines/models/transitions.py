@@ -25,8 +25,7 @@ def transition_matrix(history: Interactions) -> sp.csr_matrix:
 
 def last_items_profile(history: Interactions, last_n: int, decay: float) -> sp.csr_matrix:
     """User x item weights of the user's last ``last_n`` events: decay ** steps back from the newest."""
-    bounds = np.searchsorted(history.user, np.arange(history.n_users + 1))
-    steps_back = bounds[1:][history.user] - np.arange(len(history)) - 1
+    steps_back = history.steps_back
     keep = steps_back < last_n
     w = np.power(decay, steps_back[keep]).astype(np.float32)
     return sp.csr_matrix((w, (history.user[keep], history.item[keep])), shape=(history.n_users, history.n_items))
