@@ -19,7 +19,11 @@ DEMO_SET := --set train.sasrec.time_budget_s=20 --set train.lightgcn.time_budget
             --set train.ranker_params.deep.time_budget_s=10
 BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
-.PHONY: setup demo test lint repro train-flow prefect-server prefect-serve prefect-run lock clean
+# System packages the tests need (redis-server, chromium), installed with apt-get when missing.
+sysdeps:
+	@bash infra/system-deps.sh
+
+.PHONY: sysdeps setup demo test lint repro train-flow prefect-server prefect-serve prefect-run lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +43,7 @@ else
 	$(BIN)/shoprec pipeline $(DEMO_SET)
 endif
 
-test: setup
+test: setup sysdeps
 	$(BIN)/python -m pytest
 
 lint: setup
