@@ -19,6 +19,9 @@ DEMO_SET := --set train.sasrec.time_budget_s=20 --set train.lightgcn.time_budget
             --set train.ranker_params.deep.time_budget_s=10
 BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-beauty/Beauty_item2attributes.json
 
+# `make` alone sets up the virtual environment
+.DEFAULT_GOAL := setup
+
 # System packages the tests need (redis-server, chromium), installed with apt-get when missing.
 sysdeps:
 	@bash infra/system-deps.sh

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,6 @@ def stage_task(name: str, thunk: Callable[[], Any]) -> Task[[], Any]:
                 retry_condition_fn=_transient if retries else None, cache_policy=NO_CACHE)
 
 
-@task(name="register", cache_policy=NO_CACHE)
-def register(paths: Paths, params_path: Path) -> dict[str, Any]:
-    """Log the run to MLflow, register the version and move ``champion`` if the gate passed."""
-    from pipelines.registry import log_training_run, promote
-
-    record = log_training_run(paths, load_params(params_path))
-    promoted = promote(record.version, record.gate_passed, paths.root)
-    return asdict(record) | {"status": "promoted" if promoted else "rejected"}
-
-
 def publish(result: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     """A short Markdown report and the gate checks as Prefect artifacts of this flow run."""
     metrics = " | ".join(f"{k} {result['metrics'][k]:.4f}" for k in ("ndcg_at_10", "hr_at_10", "coverage"))
@@ -76,7 +65,7 @@ def training(params_path: str = "params.yaml", root: str = ".", source: str | No
     if not params_file.is_file():
         raise ShoprecError(f"{params_file}: no such parameters file")
     outputs = {name: stage_task(name, thunk)() for name, thunk in stages(load_params(params_file), paths, source)}
-    result = register(paths, params_file)
+    result = outputs["register"]
     publish(result, outputs["gate"].to_dict()["checks"])
     return result
 

@@ -121,6 +121,13 @@ def gate(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")) -> 
 
 
 @app.command()
+def register(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")) -> None:
+    """Log the run to MLflow, register the candidate and move ``champion`` to it if the gate passed."""
+    result = _run_stage(params, root, "register")
+    console.print(f"registered shoprec version {result['version']}: {result['status']}")
+
+
+@app.command()
 def pipeline(
     source: Annotated[str | None, typer.Option(help="ingest SOURCE (default: params data.source)")] = None,
     root: RootOpt = Path("."),

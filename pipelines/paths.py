@@ -49,3 +49,7 @@ class Paths:
     @property
     def gate(self) -> Path:
         return self.metrics / "gate.json"
+
+    @property
+    def registration(self) -> Path:
+        return self.metrics / "registration.json"

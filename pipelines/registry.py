@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,18 @@ def rollback(root: str | Path = ".") -> str:
     if demoted is not None:
         reg.set_model_version_tag(MODEL_NAME, demoted, "rolled_back", "true")
     return previous
+
+
+def run_register(paths: Paths, params: Params) -> dict[str, Any]:
+    """Stage entry point: log and register the candidate, promote it if its gate passed, record the outcome.
+
+    The record (``metrics/registration.json``) names the version and ``status``: ``promoted`` or ``rejected``.
+    """
+    record = log_training_run(paths, params)
+    promoted = promote(record.version, record.gate_passed, paths.root)
+    result = asdict(record) | {"status": "promoted" if promoted else "rejected"}
+    write_json(paths.registration, result)
+    return result
 
 
 def _describe(version: Any, aliases: dict[str, str]) -> dict[str, Any]:

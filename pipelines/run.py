@@ -48,5 +48,10 @@ def stages(params: Params, paths: Paths, source: str | None = None) -> list[tupl
         return run_gate(paths.metrics / "metrics.json", paths.validation_summary, paths.candidate,
                         paths.champion, paths.gate, params.gate)
 
+    def register() -> Any:
+        from pipelines.registry import run_register
+
+        return run_register(paths, params)
+
     return [("ingest", ingest), ("validate", validate), ("split", split), ("features", features),
-            ("train", train), ("evaluate", evaluate), ("gate", gate)]
+            ("train", train), ("evaluate", evaluate), ("gate", gate), ("register", register)]

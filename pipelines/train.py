@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import joblib
+import pandas as pd
 
 from pipelines.atomic import atomic_dir, write_json
 from pipelines.config import TrainParams
@@ -66,7 +67,18 @@ def run_train(
         for name, model in models.items():
             joblib.dump(model, tmp / f"{name}.joblib")
         write_json(tmp / "meta.json", meta)
+        catalogue(features).to_parquet(tmp / "items.parquet", index=False)
     return meta
+
+
+def catalogue(features: Features) -> pd.DataFrame:
+    """Every item the model ranks, in code order, with its category (for serving filters and explanations)."""
+    by_item = features.events.dropna(subset=["category_id"]).drop_duplicates("item_id", keep="last")
+    category = by_item.set_index("item_id")["category_id"]
+    if features.items is not None:
+        category = features.items.set_index("item_id")["category_id"].dropna().combine_first(category)
+    return pd.DataFrame({"item_id": features.vocab.items,
+                         "category_id": category.reindex(features.vocab.items).to_numpy()})
 
 
 def load_model(model_dir: str | Path, name: str = "serving") -> Recommender:
