@@ -58,8 +58,9 @@ RankerName = Literal["lightgbm", "xgboost", "deep"]
 
 
 class TrainParams(_Section):
-    # two_stage: candidate sources + learned rankers; popularity / covisit: one simple model on its own
-    model: Literal["popularity", "covisit", "two_stage"] = "two_stage"
+    # two_stage: candidate sources + learned rankers; popularity / covisit: one simple model on its own;
+    # random: the floor (and the degraded model the gate must reject)
+    model: Literal["popularity", "covisit", "two_stage", "random"] = "two_stage"
     event_weights: dict[str, float] = {"view": 1.0, "cart": 3.0, "fav": 2.0, "purchase": 4.0}
     popularity_half_life_days: float = Field(3.0, gt=0)
     covisit_window: int = Field(3, ge=1)
@@ -71,6 +72,8 @@ class TrainParams(_Section):
     rankers: list[RankerName] = ["lightgbm", "xgboost", "deep"]
     n_per_source: int = Field(50, ge=1)  # each source's top-n joins the candidate pool
     holdout_share: float = Field(0.2, gt=0, lt=1)  # validation users kept out of ranker training, to choose one
+    # at scale: a seeded sample of this many validation users trains and selects the rankers (null: all)
+    max_ranker_users: int | None = Field(None, ge=10)
     # hyper-parameter overrides per deep model / ranker (see SASRecParams, LightGCNParams and the rankers)
     sasrec: dict[str, float | int | str | None] = {}
     lightgcn: dict[str, float | int | str | None] = {}
@@ -81,6 +84,8 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     ks: list[int] = [5, 10, 20]
     bootstrap_samples: int = Field(1000, ge=0)
+    # at scale: evaluate on a seeded sample of this many test users (null: all); metrics.json records it
+    max_users: int | None = Field(None, ge=10)
     seed: int = 0
 
 
@@ -92,6 +97,9 @@ class GateParams(_Section):
     # cold-start users (< 3 training events) may lose at most this much NDCG@10 against popularity
     max_cold_start_regression: float = 0.02
     max_ms_per_user: float = Field(50.0, gt=0)  # batch scoring latency budget
+    # against the current champion on the same test users: reject when the bootstrap CI of the candidate's
+    # NDCG@10 gain lies entirely below -max_champion_regression (worse beyond its confidence interval)
+    max_champion_regression: float = Field(0.0, ge=0)
 
 
 class Params(_Section):

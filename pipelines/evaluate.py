@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from pipelines.atomic import atomic_file, write_json
+from pipelines.champion import Champion
 from pipelines.config import EvaluateParams, SplitParams
 from pipelines.features import Features, load_features
 from pipelines.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
 from pipelines.models import Recommender
 from pipelines.train import EVAL_HISTORY, load_model
-from pipelines.two_stage import TwoStage
+from pipelines.two_stage import TwoStage, sample_users
 
 COLD_START_MAX_EVENTS = 3  # users with fewer training events than this form the cold-start segment
 
@@ -25,26 +26,31 @@ def _summary(per_user: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate_models(
-    models: dict[str, Recommender], features: Features, params: EvaluateParams, exclude_seen: bool,
+    models: dict[str, Recommender | Champion], features: Features, params: EvaluateParams, exclude_seen: bool,
     fold: str = "test", lists_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Metrics of every model on ``fold``, with segments and bootstrap intervals against ``baseline``.
 
     ``lists_out``, when given, receives each model's top-k item codes for the fold's users (key ``users``).
     """
-    users, targets = features.target_sets(fold)
+    all_users, all_targets = features.target_sets(fold)
+    users, targets = sample_users(all_users, all_targets, params.max_users, params.seed)
     history = features.history(EVAL_HISTORY if fold == "test" else ("train",))
     events_per_user = np.bincount(history.user, minlength=history.n_users)
     cold = events_per_user[users] < COLD_START_MAX_EVENTS
     p_users, p_targets = features.target_sets(fold, event_types=("purchase",))
+    sampled = np.isin(p_users, users)  # purchase users outside the evaluated sample are left out
+    p_users, p_targets = p_users[sampled], [p_targets[i] for i in np.flatnonzero(sampled)]
     popularity = np.bincount(history.item, minlength=history.n_items).astype(float)
 
-    report: dict[str, Any] = {"fold": fold, "users": int(len(users)), "cold_start_users": int(cold.sum()),
-                              "purchase_users": int(len(p_users)), "models": {}}
+    report: dict[str, Any] = {"fold": fold, "users": int(len(users)), "users_with_targets": int(len(all_users)),
+                              "cold_start_users": int(cold.sum()), "purchase_users": int(len(p_users)), "models": {}}
     per_user_all: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
         start = time.perf_counter()
-        if isinstance(model, TwoStage):
+        if isinstance(model, Champion):
+            recs = model.lists(features.vocab, users, max(params.ks), exclude_seen)
+        elif isinstance(model, TwoStage):
             # one pass gives the chosen ranker's lists and every other ranker's and source's, for comparison
             lists = model.recommend_all(users, max(params.ks))
             recs = lists[f"ranker:{model.ranker_name_}"]
@@ -80,16 +86,28 @@ def evaluate_models(
             }
             for name, pu in per_user_all.items() if name != "baseline"
         }
+    if "champion" in per_user_all and "candidate" in per_user_all:
+        report["vs_champion"] = {"version": models["champion"].version} | {
+            metric: dict(zip(("mean", "ci_low", "ci_high"),
+                             paired_bootstrap_ci(per_user_all["candidate"][metric], per_user_all["champion"][metric],
+                                                 params.bootstrap_samples, seed=params.seed), strict=True))
+            for metric in ("ndcg@10", "hr@10")
+        }
     return report
 
 
 def run_evaluate(
     features_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-    params: EvaluateParams, split: SplitParams,
+    params: EvaluateParams, split: SplitParams, champion: Champion | None = None,
 ) -> dict[str, Any]:
-    """Stage entry point: writes ``metrics.json`` (for ``dvc metrics``) and ``metrics_by_k.csv`` (for ``dvc plots``)."""
+    """Stage entry point: writes ``metrics.json`` (for ``dvc metrics``) and ``metrics_by_k.csv`` (for ``dvc plots``).
+
+    With a ``champion``, it is scored on the same test users and ``vs_champion`` holds the paired comparison.
+    """
     features = load_features(features_dir)
-    models = {name: load_model(model_dir, name) for name in ("candidate", "baseline")}
+    models: dict[str, Recommender | Champion] = {n: load_model(model_dir, n) for n in ("candidate", "baseline")}
+    if champion is not None:
+        models["champion"] = champion
     report = evaluate_models(models, features, params, split.exclude_seen)
     out = Path(out_dir)
     write_json(out / "metrics.json", report)

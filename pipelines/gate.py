@@ -41,6 +41,10 @@ def decide(metrics: dict[str, Any], validation: dict[str, Any], params: GatePara
         Check("lift_ndcg@10_ci_low_above_zero", lift.get("ci_low", 0.0), 0.0, lift.get("ci_low", 0.0) > 0.0),
     ]
     checks += _cold_start_and_latency(metrics, params)
+    if "vs_champion" in metrics:
+        high = metrics["vs_champion"]["ndcg@10"]["ci_high"]
+        checks.append(Check(f"ndcg@10_vs_champion_v{metrics['vs_champion']['version']}_ci_high", round(high, 6),
+                            -params.max_champion_regression, high >= -params.max_champion_regression))
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
 
 

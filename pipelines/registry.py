@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -176,6 +178,22 @@ def _alias_version(reg: MlflowClient, alias: str) -> str | None:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def champion_dir(root: str | Path = ".") -> tuple[str, Path] | None:
+    """The champion's version and a local directory with its model files, or None before the first promotion."""
+    if not Path(root, "mlflow.db").exists() and "MLFLOW_TRACKING_URI" not in os.environ:
+        return None  # no store yet: do not create one just to find it empty
+    reg = client(root)
+    version = _alias_version(reg, CHAMPION) if reg.search_registered_models(f"name='{MODEL_NAME}'") else None
+    if version is None:
+        return None
+    source = reg.get_model_version(MODEL_NAME, version).source
+    if source.startswith("file://"):
+        return version, Path(url2pathname(urlparse(source).path))
+    from mlflow.artifacts import download_artifacts
+
+    return version, Path(download_artifacts(artifact_uri=source, tracking_uri=reg.tracking_uri))
 
 
 def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bool:

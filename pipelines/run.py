@@ -38,9 +38,13 @@ def stages(params: Params, paths: Paths, source: str | None = None) -> list[tupl
         return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen)
 
     def evaluate() -> Any:
+        from pipelines.champion import Champion
         from pipelines.evaluate import run_evaluate
+        from pipelines.registry import champion_dir
 
-        return run_evaluate(paths.features, paths.candidate, paths.metrics, params.evaluate, params.split)
+        found = champion_dir(paths.root)
+        champion = Champion.load(*found) if found else None
+        return run_evaluate(paths.features, paths.candidate, paths.metrics, params.evaluate, params.split, champion)
 
     def gate() -> Any:
         from pipelines.gate import run_gate

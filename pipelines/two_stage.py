@@ -58,8 +58,10 @@ class TwoStage(Recommender):
     def __init__(
         self, sources: dict[str, Recommender], rankers: dict[str, Ranker], info: ItemInfo,
         n_per_source: int = 50, holdout_share: float = 0.2, seed: int = 0, exclude_seen: bool = True,
+        max_ranker_users: int | None = None,
     ):
         self.sources, self.rankers, self.info = sources, rankers, info
+        self.max_ranker_users = max_ranker_users  # bounds ranker-training memory at scale (seeded sample)
         self.exclude_seen = exclude_seen  # False where repeat purchases are real: seen items may be candidates
         self.n_per_source, self.holdout_share, self.seed = n_per_source, holdout_share, seed
         self.report_: dict[str, Any] = {}
@@ -75,7 +77,7 @@ class TwoStage(Recommender):
             source.fit(history, valid)
             timings[f"fit_{name}"] = round(time.perf_counter() - start, 2)
             log.info("source fitted name=%s seconds=%.1f", name, timings[f"fit_{name}"])
-        users, targets = valid
+        users, targets = sample_users(*valid, self.max_ranker_users, self.seed)
         start = time.perf_counter()
         scored = self._score_batch(users, FeatureContext(history, self.info))
         timings["candidates_and_features"] = round(time.perf_counter() - start, 2)
@@ -179,6 +181,14 @@ class TwoStage(Recommender):
         state = self.__dict__.copy()
         state.pop("_context", None)
         return state
+
+
+def sample_users(users: np.ndarray, targets: list[np.ndarray], max_users: int | None, seed: int) -> Targets:
+    """A seeded sample of ``max_users`` users (kept in their sorted order) with their targets; all when None."""
+    if max_users is None or len(users) <= max_users:
+        return users, targets
+    keep = np.sort(np.random.default_rng([seed, len(users)]).choice(len(users), max_users, replace=False))
+    return users[keep], [targets[i] for i in keep]
 
 
 def _pad(recs: np.ndarray, k: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from pipelines.models.base import Recommender
 from pipelines.models.covisit import CoVisitation
 from pipelines.models.itemcos import ItemCosine
 from pipelines.models.popularity import CategoryPopularity, Popularity
+from pipelines.models.random_model import RandomRecommender
 from pipelines.models.transitions import Transitions
 
 
@@ -42,9 +43,12 @@ def build_model(params: TrainParams) -> Recommender:
     """The single model named in ``params.model`` (``two_stage`` is built by ``pipelines.train``)."""
     if params.model == "popularity":
         return Popularity(params.event_weights, params.popularity_half_life_days)
+    if params.model == "random":
+        return RandomRecommender(params.seed)
     return CoVisitation(params.event_weights, params.covisit_window, params.history_len,
                         params.popularity_half_life_days)
 
 
 __all__ = ["Recommender", "Popularity", "CategoryPopularity", "CoVisitation", "ItemCosine", "Transitions",
+           "RandomRecommender",
            "build_model", "build_source"]

@@ -58,3 +58,17 @@ def test_cold_start_regression_and_latency_are_checked():
     d = decide(m, {"success": True}, GateParams(max_cold_start_regression=0.02, max_ms_per_user=50))
     assert sorted(c.name for c in d.checks if not c.passed) == [
         "cold_start_ndcg@10_regression_vs_popularity", "scoring_ms_per_user"]
+
+
+@pytest.mark.parametrize(("ci", "tolerance", "passed"), [
+    ((-0.02, -0.03, -0.01), 0.0, False),   # worse than the champion beyond the interval
+    ((-0.01, -0.02, 0.005), 0.0, True),    # interval reaches zero: not shown to be worse
+    ((-0.02, -0.03, -0.01), 0.015, True),  # worse, but within the allowed regression
+])
+def test_champion_comparison_rejects_only_a_clear_regression(ci, tolerance, passed):
+    m = metrics()
+    m["vs_champion"] = {"version": "3", "ndcg@10": dict(zip(("mean", "ci_low", "ci_high"), ci, strict=True))}
+    d = decide(m, {"success": True}, GateParams(max_champion_regression=tolerance))
+    check = next(c for c in d.checks if c.name == "ndcg@10_vs_champion_v3_ci_high")
+    assert (check.passed, d.passed) == (passed, passed)
+    assert check.value == ci[2] and check.threshold == -tolerance
