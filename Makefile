@@ -26,7 +26,7 @@ BEAUTY := seqfile:data/raw/amazon-beauty/Beauty.txt,attributes=data/raw/amazon-b
 sysdeps:
 	@bash infra/system-deps.sh
 
-.PHONY: sysdeps setup demo test lint repro train-flow prefect-server prefect-serve prefect-run lock clean
+.PHONY: sysdeps setup demo test lint repro train-flow prefect-server prefect-deploy prefect-worker prefect-run lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,13 +63,20 @@ train-flow: setup
 prefect-server: setup
 	$(BIN)/prefect server start --host 127.0.0.1
 
-# Serve the training/nightly deployment (cron 02:00 UTC) from this process; no work pool or worker needed.
-# Only these targets talk to the server; everything else (tests, train-flow) uses Prefect's ephemeral mode.
+# Register the deployments of prefect.yaml (training/nightly, batch-recommendations/nightly, data-quality/on-drop)
+# and their process work pool against the server; run from the project root, which becomes the runs' directory.
+# Only the prefect-* targets talk to the server; tests and train-flow use Prefect's ephemeral mode.
 PREFECT_URL ?= http://127.0.0.1:4200/api
-prefect-serve: setup
-	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/python -m flows.deploy
+POOL := shoprec
+prefect-deploy: setup
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect --no-prompt work-pool create $(POOL) --type process --overwrite
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect --no-prompt deploy --all
 
-# Trigger one run of the served deployment now and wait for its result.
+# A worker that runs the pool's flow runs as subprocesses of this machine.
+prefect-worker: setup
+	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect worker start --pool $(POOL) --type process
+
+# Trigger one nightly training now and wait for its result.
 prefect-run: setup
 	PREFECT_API_URL=$(PREFECT_URL) $(BIN)/prefect deployment run training/nightly --watch --watch-timeout 1800
 

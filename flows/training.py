@@ -7,7 +7,6 @@ untouched. The stage logic lives in ``pipelines``; this module only orders, retr
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task
 
+from flows.cli import report
 from pipelines.config import load_params
 from pipelines.errors import ShoprecError
 from pipelines.paths import Paths
@@ -55,30 +55,47 @@ def publish(result: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     create_table_artifact(key="gate-checks", table=checks, description="gate checks of the candidate")
 
 
-@flow(name="training")
-def training(params_path: str = "params.yaml", root: str = ".", source: str | None = None) -> dict[str, Any]:
-    """Ingest, validate, split, features, train, evaluate, gate; then register and maybe promote.
+@task(name="pull-pinned-data", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S,
+      retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def pull_data(root: Path, path: str, rev: str) -> dict[str, Any]:
+    """Check out ``path`` as of git ``rev`` through DVC (fetching from the remote is what may need a retry)."""
+    from pipelines.data_pin import pull_pinned
 
-    ``params_path`` is relative to ``root`` (or absolute); ``source`` overrides ``data.source``.
+    return pull_pinned(root, path, rev)
+
+
+@flow(name="training")
+def training(
+    params_path: str = "params.yaml", root: str = ".", source: str | None = None,
+    data_rev: str | None = None, data_path: str | None = None, overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Pull the pinned data, then ingest, validate, split, features, train, evaluate, gate and register.
+
+    ``params_path`` is relative to ``root`` (or absolute); ``source`` overrides ``data.source``; ``data_rev`` (a
+    git tag or commit) with ``data_path`` (the DVC-tracked path the source reads) pins the data version;
+    ``overrides`` are ``section.key=value`` strings, as ``shoprec pipeline --set``.
     """
     paths, params_file = Paths(Path(root)), Path(root) / params_path
     if not params_file.is_file():
         raise ShoprecError(f"{params_file}: no such parameters file")
-    outputs = {name: stage_task(name, thunk)() for name, thunk in stages(load_params(params_file), paths, source)}
+    if (data_rev is None) != (data_path is None):
+        raise ShoprecError("data_rev and data_path go together: the git revision and the DVC-tracked path it pins")
+    params = load_params(params_file, overrides)
+    pinned = pull_data(paths.root, data_path, data_rev) if data_rev else None
+    outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source)}
     result = outputs["register"]
+    if pinned:
+        from pipelines.registry import tag_version
+
+        tag_version(result["version"], {f"data.dvc_{k}": str(v) for k, v in pinned.items()}, paths.root)
+        result["data_version"] |= {f"dvc_{k}": str(v) for k, v in pinned.items()}
     publish(result, outputs["gate"].to_dict()["checks"])
     return result
 
 
 def main() -> int:
     """``python -m flows.training``: run once with ./params.yaml; exit codes as the ``shoprec`` CLI's."""
-    state = training(return_state=True)
-    if state.is_completed():
-        print(json.dumps(state.result(), indent=2, default=str))
-        return 0
-    error = state.result(raise_on_failure=False)
-    print(f"training failed: {error}", file=sys.stderr)
-    return error.exit_code if isinstance(error, ShoprecError) else 1
+    return report(training(return_state=True), "training")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,16 @@ def run_register(paths: Paths, params: Params) -> dict[str, Any]:
     return result
 
 
+def tag_version(version: str | int, tags: dict[str, str], root: str | Path = ".") -> None:
+    """Add ``tags`` to a registered version and to the run that produced it (e.g. the pinned DVC revision)."""
+    reg = client(root)
+    found = reg.get_model_version(MODEL_NAME, str(version))
+    for key, value in tags.items():
+        reg.set_model_version_tag(MODEL_NAME, str(version), key, value)
+        if found.run_id:
+            reg.set_tag(found.run_id, key, value)
+
+
 def _describe(version: Any, aliases: dict[str, str]) -> dict[str, Any]:
     """``aliases`` maps alias -> version, as the registered model reports them (version searches omit them)."""
     mine = sorted(alias for alias, v in aliases.items() if str(v) == str(version.version))

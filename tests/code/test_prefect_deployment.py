@@ -1,11 +1,14 @@
-"""``training/nightly`` end to end: a real Prefect server, ``python -m flows.deploy`` serving it, one CLI-triggered run.
+"""``training/nightly`` end to end, as ``make prefect-server prefect-deploy prefect-worker`` set it up.
 
-Everything runs in subprocesses (this process never imports Prefect, so its settings stay untouched) against a
-loopback server with its home, the project and the MLflow store in a temporary directory.
+A real Prefect server on loopback, the work pool and the deployments of ``prefect.yaml`` registered with
+``prefect deploy``, a process worker, and one run triggered with ``prefect deployment run``. Everything runs in
+subprocesses (this process never imports Prefect, so its settings stay untouched), with the Prefect home, the
+project and the MLflow store in a temporary directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -77,8 +80,23 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         stop(proc)
 
 
-def test_served_nightly_deployment_trains_and_promotes(spawn: Callable[..., subprocess.Popen[bytes]],
-                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def artifact_keys(api: str) -> set[str]:
+    """Keys of every artifact the server holds (what the UI shows on the flow run)."""
+    request = urllib.request.Request(f"{api}/artifacts/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return {a["key"] for a in json.load(response)}
+
+
+def prefect(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> str:
+    run = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, f"prefect {args}: {run.stdout}{run.stderr}"
+    return run.stdout
+
+
+def test_nightly_deployment_runs_on_a_worker_trains_and_promotes(
+        spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from pipelines import registry
 
     root = project(tmp_path / "project")
@@ -89,21 +107,29 @@ def test_served_nightly_deployment_trains_and_promotes(spawn: Callable[..., subp
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": api,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # pick the run up in ~2 s instead of ~10 s
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick the run up in ~2 s instead of ~10 s
         "MLFLOW_TRACKING_URI": mlflow_uri,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "TQDM_DISABLE": "1",
     }
     server = spawn("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path)
     wait_for(f"{api}/health", server, STARTUP_TIMEOUT_S)
-    serve = spawn("serve", [sys.executable, "-m", "flows.deploy"], env, root)
-    wait_for(f"{api}/deployments/name/training/nightly", serve, STARTUP_TIMEOUT_S)
+    # the Makefile's prefect-deploy, run from the project root (which becomes the runs' working directory)
+    prefect(["work-pool", "create", "shoprec", "--type", "process", "--overwrite"], env, root)
+    prefect(["deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")], env, root)
+    deployments = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{api}/deployments/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"})))
+    assert {d["name"] for d in deployments} == {"nightly", "on-drop"}
+    nightly = next(d for d in deployments if d["name"] == "nightly" and d["entrypoint"].startswith("flows.training"))
+    assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert nightly["work_pool_name"] == "shoprec"
 
+    spawn("worker", [PREFECT, "worker", "start", "--pool", "shoprec", "--type", "process"], env, root)
     run = subprocess.run([PREFECT, "deployment", "run", "training/nightly", "--watch",
                           "--watch-timeout", str(RUN_TIMEOUT_S)],
                          env=env, cwd=root, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
-    assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "serve.log").read_text()
+    assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()
     assert "Completed" in run.stdout
+    assert {"training-report", "gate-checks"} <= artifact_keys(api)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     versions = registry.list_versions()
