@@ -196,9 +196,10 @@ def _chunks(n_users: int, chunk: int, progress: bool) -> Iterator[np.ndarray]:
     if not progress:
         yield from spans
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress() as bar:
+    with Progress(console=Console(stderr=True)) as bar:  # stdout stays free for command output
         task = bar.add_task("generating users", total=n_users)
         for users in spans:
             yield users

@@ -57,7 +57,8 @@ def novelty(recs: np.ndarray, item_popularity: np.ndarray) -> float:
     """Mean self-information -log2(p(item)) of recommended items; higher means less obvious items."""
     p = item_popularity / max(item_popularity.sum(), 1e-12)
     p = np.clip(p, 1e-12, None)
-    return float(-np.log2(p[recs[recs >= 0]]).mean()) if recs.size else 0.0
+    listed = recs[recs >= 0]  # -1 pads lists (and stands for users a champion never saw)
+    return float(-np.log2(p[listed]).mean()) if listed.size else 0.0
 
 
 METRICS = {"hr": hit_rate_at_k, "recall": recall_at_k, "ndcg": ndcg_at_k, "mrr": mrr_at_k}

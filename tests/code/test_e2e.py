@@ -22,10 +22,10 @@ FAST_TRAIN = {"sasrec": {"time_budget_s": 15}, "lightgcn": {"time_budget_s": 10}
               "ranker_params": {"deep": {"time_budget_s": 10}}}
 
 
-def small_params() -> str:
+def small_params(**train: object) -> str:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["synthetic"].update(SMALL)
-    params["train"].update(FAST_TRAIN)
+    params["train"].update(FAST_TRAIN | train)
     params["evaluate"]["bootstrap_samples"] = 200
     return yaml.safe_dump(params)
 
@@ -38,7 +38,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
-def repo_copy(base: Path) -> Path:
+def repo_copy(base: Path, **train: object) -> Path:
     """The tracked files of this repo in a fresh git + DVC work tree, with a small synthetic data set.
 
     ``base/shared`` links to the shared data sets so that the DVC imports' relative paths resolve as in a clone.
@@ -53,7 +53,7 @@ def repo_copy(base: Path) -> Path:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    (dest / "params.yaml").write_text(small_params())
+    (dest / "params.yaml").write_text(small_params(**train))
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dest)
@@ -97,6 +97,32 @@ def test_dvc_update_fetches_the_pinned_real_data(repro: Path, shared_dir: Path):
     assert (repro / "data/raw/amazon-beauty.dvc").read_text() == pinned  # same data version
     assert (repro / "data/raw/amazon-beauty/Beauty.txt").read_bytes() == (
         shared_dir / "datasets/amazon-beauty/Beauty.txt").read_bytes()
+
+
+def comparable(metrics: dict) -> dict:
+    """Everything of metrics.json that depends on data and model only (not on timing or the registry's state)."""
+    models = {name: {k: v for k, v in entry.items() if k != "ms_per_user"}
+              for name, entry in metrics["models"].items() if name != "champion"}
+    return {"models": models, "lift": metrics["lift_vs_baseline"]["candidate"], "users": metrics["users"]}
+
+
+def test_dvc_repro_and_the_training_flow_give_the_same_metrics(tmp_path: Path):
+    """One set of stage functions: ``dvc repro`` and the Prefect flow on the same data and params agree."""
+    work = repo_copy(tmp_path, model="covisit")  # deterministic (no time budgets), so equality is exact
+    run(["dvc", "repro"], work)
+    by_dvc = json.loads((work / "metrics" / "metrics.json").read_text())
+    assert json.loads((work / "metrics" / "registration.json").read_text())["status"] == "promoted"
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_LOGGING_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    flow = subprocess.run([sys.executable, "-m", "flows.training"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert flow.returncode == 0, flow.stdout + flow.stderr
+    by_flow = json.loads((work / "metrics" / "metrics.json").read_text())
+    assert comparable(by_flow) == comparable(by_dvc)
+    assert by_flow["vs_champion"]["version"] == "1"  # the flow saw the champion dvc repro registered
+    assert by_flow["vs_champion"]["ndcg@10"]["mean"] == 0.0
+    assert json.loads(flow.stdout)["version"] == "2"
 
 
 def test_pipeline_command_prints_summary(tmp_path: Path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +109,82 @@ def test_ingest_retries_io_errors_only(training: Callable[..., Any], tmp_path: P
     assert state.is_failed()
     assert type(state.result(raise_on_failure=False)) is type(error)
     assert len(attempts) == calls
+
+
+def test_degraded_model_is_rejected_and_the_champion_stays(training: Callable[..., Any], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """A random model, set through the flow's ``overrides`` parameter, fails the gate against the champion."""
+    from pipelines import registry
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    good = training(root=str(root))
+    assert good["status"] == "promoted"
+    result = training(root=str(root), overrides=["train.model=random"])
+    assert result["status"] == "rejected"
+    assert registry.show("champion")["version"] == good["version"]
+    checks = {c["name"]: c for c in json.loads((root / "metrics" / "gate.json").read_text())["checks"]}
+    vs_champion = checks[f"ndcg@10_vs_champion_v{good['version']}_ci_high"]
+    assert not vs_champion["passed"] and vs_champion["value"] < 0
+    assert not checks["lift_ndcg@10_ci_low_above_zero"]["passed"]
+    assert (root / "models" / "champion" / "serving.joblib").exists()  # the earlier champion's files stay
+
+
+def _git(args: list[str], cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_pinned_data_version_is_pulled_and_a_bad_one_stops_before_training(
+        training: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_dir: Path):
+    """Two DVC versions of the real Taobao sample under git tags: the bad one (4 rows outside the window) fails
+    validation; the good one trains, and the registered version carries the pinned revision and hash."""
+    from pipelines import registry
+
+    root = project(tmp_path / "repo")
+    monkeypatch.chdir(root)
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    _git(["init", "-q"], root)
+    subprocess.run([*dvc, "init", "-q"], cwd=root, check=True)
+    data = root / "data" / "raw" / "taobao"
+    data.mkdir(parents=True)
+    lines = (shared_dir / "datasets" / "taobao-sample" / "UserBehavior_sample.csv").read_text().splitlines()
+    window = (1511539200, 1512316800)  # 2017-11-25 .. 2017-12-04 UTC, as the adapter documents the data set
+    good = [line for line in lines if window[0] <= int(line.rsplit(",", 1)[1]) < window[1]]
+    for tag, rows in (("data-good", good), ("data-bad", lines)):
+        (data / "UserBehavior.csv").write_text("\n".join(rows) + "\n")
+        subprocess.run([*dvc, "add", "-q", "data/raw/taobao"], cwd=root, check=True)
+        _git(["add", "-A"], root)
+        _git(["commit", "-qm", tag], root)
+        _git(["tag", tag], root)
+    source = "taobao:data/raw/taobao/UserBehavior.csv"
+
+    state = training(root=str(root), source=source, data_rev="data-bad", data_path="data/raw/taobao",
+                     return_state=True)
+    assert state.is_failed()
+    assert "4 rows outside" in str(state.result(raise_on_failure=False))
+    assert not (root / "models" / "candidate").exists()
+
+    result = training(root=str(root), source=source, data_rev="data-good", data_path="data/raw/taobao")
+    assert (data / "UserBehavior.csv").read_text().count("\n") == len(good)
+    tags = registry.show(result["version"])["tags"]
+    assert tags["data.dvc_rev"] == "data-good"
+    assert tags["data.dvc_md5"].endswith(".dir") and len(tags["data.dvc_commit"]) == 40
+
+
+def test_data_quality_flow_publishes_the_report_and_fails_a_bad_drop(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      shared_dir: Path, training: Any):
+    from flows.data_quality import data_quality
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    ok = data_quality(source="synthetic", name="today", root=str(root))
+    assert ok["success"] and ok["rows"] > 0
+    assert (root / "data" / "quality" / "today" / "validated" / "manifest.json").exists()
+    sample = shared_dir / "datasets" / "taobao-sample" / "UserBehavior_sample.csv"
+    state = data_quality(source=f"taobao:{sample}", name="bad", root=str(root), return_state=True)
+    assert state.is_failed()
+    summary = json.loads((root / "reports" / "quality" / "bad" / "validation" / "summary.json").read_text())
+    assert not summary["success"] and any("outside" in p for p in summary["problems"])
+    assert not (root / "data" / "validated").exists()  # the training's data is never touched
