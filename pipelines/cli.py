@@ -41,6 +41,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log IN
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
 def _run_stage(params_path: Path, root: Path, name: str, source: str | None = None) -> object:
@@ -166,6 +167,34 @@ def summary(root: RootOpt = Path(".")) -> None:
 
     table: Table = summary_table(Paths(root))
     Console().print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    root: Annotated[Path | None, typer.Option("--root", help="project root (default: SHOPREC_ROOT or .)")] = None,
+) -> None:
+    """Serve the recommendation API (champion of the registry; settings from SHOPREC_*, see docs/serving.md)."""
+    from pipelines.serving.app import run, settings_for
+
+    run(host, port, settings_for(root))
+
+
+@app.command(name="batch-recommend")
+def batch_recommend(
+    root: RootOpt = Path("."),
+    model_dir: Annotated[Path | None, typer.Option(help="model directory (default: the registry's champion)")] = None,
+    out: Annotated[Path | None, typer.Option(help="store directory (default: ROOT/serving)")] = None,
+    k: Annotated[int, typer.Option(help="list length per user")] = 100,
+) -> None:
+    """Precompute every known user's top-k for the API (written atomically; the API picks it up)."""
+    from pipelines.serving.model import resolve_model_dir
+    from pipelines.serving.store import default_store_dir, write_recommendations
+
+    summary = write_recommendations(model_dir or resolve_model_dir(root), out or default_store_dir(root), k)
+    console.print(f"wrote top-{k} of {summary['users']:,} users ({summary['rows']:,} rows) to {summary['out_dir']} "
+                  f"in {summary['seconds']:.1f} s")
 
 
 def main() -> None:

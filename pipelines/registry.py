@@ -16,12 +16,16 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -38,6 +42,7 @@ PREVIOUS = "previous_champion"
 GATE_TAG = "gate"
 METRIC_KS = (5, 10, 20)
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+LOCK_TIMEOUT_S = 600  # a registration takes seconds; this only bounds a wait on a crashed holder's stale lock
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,33 @@ def tracking_uri(root: str | Path = ".") -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+@cache
+def _file_lock(path: str) -> FileLock:
+    """One lock object per store and process, so nested use by the same thread is re-entrant."""
+    return FileLock(path, timeout=LOCK_TIMEOUT_S)
+
+
+@contextmanager
+def registry_lock(root: str | Path = ".") -> Iterator[None]:
+    """Serialise writers of a local SQLite store across processes (a tracking server serialises on its own).
+
+    Without it, concurrent runs race in MLflow's schema set-up and in SQLite writes: four registrations started
+    together on a fresh store all failed in alembic migrations, leaving it unusable.
+    """
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(f"{db.resolve()}.lock"):
+        yield
+
+
 def client(root: str | Path = ".") -> MlflowClient:
     uri = tracking_uri(root)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with registry_lock(root):  # the first client of a store creates and migrates its schema
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -142,33 +171,34 @@ def data_version(paths: Paths) -> tuple[dict[str, str], dict[str, Any]]:
 
 def log_training_run(paths: Paths, params: Params) -> RunRecord:
     """Log one finished training (params, test metrics, data version, gate, model) and register its model."""
-    reg = client(paths.root)
-    gate = read_json(paths.gate)
-    metrics = candidate_metrics(read_json(paths.metrics / "metrics.json"))
-    versions, inputs = data_version(paths)
-    status = "passed" if gate["passed"] else "failed"
-    run = reg.create_run(_experiment_id(reg), run_name=f"training-{time.strftime('%Y%m%dT%H%M%S')}",
-                            tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
-    run_id = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        reg.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                         params=[Param(k, v) for k, v in flatten(params.model_dump(by_alias=True)).items()])
-        with tempfile.TemporaryDirectory() as tmp:
-            write_json(Path(tmp) / "data_version.json", inputs)
-            reg.log_artifact(run_id, str(Path(tmp) / "data_version.json"), "data")
-        reg.log_artifact(run_id, str(paths.gate), "gate")
-        reg.log_artifact(run_id, str(paths.validation_summary), "validation")
-        reg.log_artifact(run_id, str(paths.metrics / "metrics.json"), "metrics")
-        reg.log_artifacts(run_id, str(paths.candidate), "model")
-    except BaseException:
-        reg.set_terminated(run_id, "FAILED")
-        raise
-    reg.set_terminated(run_id, "FINISHED")
-    _ensure_registered_model(reg)
-    version = reg.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run_id,
-                                          tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
-    return RunRecord(run_id, str(version.version), bool(gate["passed"]), metrics, versions)
+    with registry_lock(paths.root):
+        reg = client(paths.root)
+        gate = read_json(paths.gate)
+        metrics = candidate_metrics(read_json(paths.metrics / "metrics.json"))
+        versions, inputs = data_version(paths)
+        status = "passed" if gate["passed"] else "failed"
+        run = reg.create_run(_experiment_id(reg), run_name=f"training-{time.strftime('%Y%m%dT%H%M%S')}",
+                                tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            reg.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                             params=[Param(k, v) for k, v in flatten(params.model_dump(by_alias=True)).items()])
+            with tempfile.TemporaryDirectory() as tmp:
+                write_json(Path(tmp) / "data_version.json", inputs)
+                reg.log_artifact(run_id, str(Path(tmp) / "data_version.json"), "data")
+            reg.log_artifact(run_id, str(paths.gate), "gate")
+            reg.log_artifact(run_id, str(paths.validation_summary), "validation")
+            reg.log_artifact(run_id, str(paths.metrics / "metrics.json"), "metrics")
+            reg.log_artifacts(run_id, str(paths.candidate), "model")
+        except BaseException:
+            reg.set_terminated(run_id, "FAILED")
+            raise
+        reg.set_terminated(run_id, "FINISHED")
+        _ensure_registered_model(reg)
+        version = reg.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run_id,
+                                              tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
+        return RunRecord(run_id, str(version.version), bool(gate["passed"]), metrics, versions)
 
 
 def _alias_version(reg: MlflowClient, alias: str) -> str | None:
@@ -202,33 +232,36 @@ def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bo
     A rejected version stays registered, tagged ``gate=failed``, and the aliases are untouched. Returns whether
     ``version`` is now the champion.
     """
-    reg = client(root)
-    version = str(version)
-    reg.get_model_version(MODEL_NAME, version)  # fails clearly on an unknown version
-    if not gate_passed:
-        return False
-    current = _alias_version(reg, CHAMPION)
-    if current == version:
+    with registry_lock(root):
+        reg = client(root)
+        version = str(version)
+        reg.get_model_version(MODEL_NAME, version)  # fails clearly on an unknown version
+        if not gate_passed:
+            return False
+        current = _alias_version(reg, CHAMPION)
+        if current == version:
+            return True
+        if current is not None:
+            reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
+        reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", promoted_at)
         return True
-    if current is not None:
-        reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
-    reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-    reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return True
 
 
 def rollback(root: str | Path = ".") -> str:
     """Move ``champion`` back to ``previous_champion`` (then cleared, so a second rollback is refused)."""
-    reg = client(root)
-    previous = _alias_version(reg, PREVIOUS)
-    if previous is None:
-        raise ShoprecError(f"model '{MODEL_NAME}' has no {PREVIOUS} to roll back to")
-    demoted = _alias_version(reg, CHAMPION)
-    reg.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
-    reg.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
-    if demoted is not None:
-        reg.set_model_version_tag(MODEL_NAME, demoted, "rolled_back", "true")
-    return previous
+    with registry_lock(root):
+        reg = client(root)
+        previous = _alias_version(reg, PREVIOUS)
+        if previous is None:
+            raise ShoprecError(f"model '{MODEL_NAME}' has no {PREVIOUS} to roll back to")
+        demoted = _alias_version(reg, CHAMPION)
+        reg.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
+        reg.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
+        if demoted is not None:
+            reg.set_model_version_tag(MODEL_NAME, demoted, "rolled_back", "true")
+        return previous
 
 
 def run_register(paths: Paths, params: Params) -> dict[str, Any]:
@@ -236,21 +269,23 @@ def run_register(paths: Paths, params: Params) -> dict[str, Any]:
 
     The record (``metrics/registration.json``) names the version and ``status``: ``promoted`` or ``rejected``.
     """
-    record = log_training_run(paths, params)
-    promoted = promote(record.version, record.gate_passed, paths.root)
-    result = asdict(record) | {"status": "promoted" if promoted else "rejected"}
-    write_json(paths.registration, result)
-    return result
+    with registry_lock(paths.root):
+        record = log_training_run(paths, params)
+        promoted = promote(record.version, record.gate_passed, paths.root)
+        result = asdict(record) | {"status": "promoted" if promoted else "rejected"}
+        write_json(paths.registration, result)
+        return result
 
 
 def tag_version(version: str | int, tags: dict[str, str], root: str | Path = ".") -> None:
     """Add ``tags`` to a registered version and to the run that produced it (e.g. the pinned DVC revision)."""
-    reg = client(root)
-    found = reg.get_model_version(MODEL_NAME, str(version))
-    for key, value in tags.items():
-        reg.set_model_version_tag(MODEL_NAME, str(version), key, value)
-        if found.run_id:
-            reg.set_tag(found.run_id, key, value)
+    with registry_lock(root):
+        reg = client(root)
+        found = reg.get_model_version(MODEL_NAME, str(version))
+        for key, value in tags.items():
+            reg.set_model_version_tag(MODEL_NAME, str(version), key, value)
+            if found.run_id:
+                reg.set_tag(found.run_id, key, value)
 
 
 def _describe(version: Any, aliases: dict[str, str]) -> dict[str, Any]:

@@ -108,3 +108,30 @@ def test_models_cli_lists_refuses_a_failed_version_and_rolls_back(tmp_path: Path
     assert cli.invoke(models_app, ["rollback"]).output.strip() == f"champion -> version {first}"
     assert cli.invoke(models_app, ["promote", second]).exit_code == 0
     assert json.loads(cli.invoke(models_app, ["show"]).output)["version"] == second
+
+
+def _register_in_process(root: str, uri: str, passed: bool) -> str:
+    """One training's registration in a process of its own (what a second concurrent flow run does)."""
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return registry.run_register(Paths(Path(root)), Params())["version"]
+
+
+def test_concurrent_registrations_do_not_corrupt_the_store(tmp_path: Path):
+    """Four processes register at once on a fresh SQLite store: every version lands, numbers are unique, and
+    champion points at one of them (without the store lock all four failed in MLflow's schema set-up)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    roots = [fake_training(tmp_path / f"run{i}", passed=True).root for i in range(4)]
+    with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+        versions = list(pool.map(_register_in_process, map(str, roots), [uri] * 4, [True] * 4))
+    assert sorted(versions, key=int) == ["1", "2", "3", "4"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        listed = registry.list_versions()
+        assert [v["version"] for v in listed] == ["1", "2", "3", "4"]
+        assert registry.show("champion")["version"] in versions
+        assert sum("champion" in v["aliases"] for v in listed) == 1
