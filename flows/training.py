@@ -1,8 +1,12 @@
-"""Training flow: one Prefect task per pipeline stage, then MLflow registration and promotion.
+"""Training flow: pinned data, one Prefect task per pipeline stage, MLflow registration and promotion.
 
 Run it in Prefect's ephemeral mode (no server needed) with ``python -m flows.training``. A validation failure
 fails the flow before anything trains; a rejected gate completes it with ``status: rejected`` and the champion
-untouched. The stage logic lives in ``pipelines``; this module only orders, retries and reports.
+untouched. Inside the train task, the candidate sources and then the rankers are fitted as parallel child tasks.
+The stage logic lives in ``pipelines``; this module only orders, retries and reports.
+
+Stage tasks are not cached by Prefect on purpose: they write their outputs to disk, where DVC is the cache
+(``dvc repro`` skips unchanged stages); a Prefect cache hit would skip the write and leave stale files.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def publish(result: dict[str, Any], checks: list[dict[str, Any]]) -> None:
     create_table_artifact(key="gate-checks", table=checks, description="gate checks of the candidate")
 
 
+def parallel_tasks(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run independent model fits as Prefect tasks on the flow's task runner, all at once; wait for all.
+
+    Called from inside the train task, so the fits show up as its child task runs (source-sasrec, ...).
+    """
+    futures = {name: task(job, name=name, cache_policy=NO_CACHE).submit() for name, job in jobs.items()}
+    return {name: future.result() for name, future in futures.items()}
+
+
 @task(name="pull-pinned-data", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S,
       retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def pull_data(root: Path, path: str, rev: str) -> dict[str, Any]:
@@ -82,7 +95,7 @@ def training(
         raise ShoprecError("data_rev and data_path go together: the git revision and the DVC-tracked path it pins")
     params = load_params(params_file, overrides)
     pinned = pull_data(paths.root, data_path, data_rev) if data_rev else None
-    outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source)}
+    outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source, parallel_tasks)}
     result = outputs["register"]
     if pinned:
         from pipelines.registry import tag_version

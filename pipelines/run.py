@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Params
 from pipelines.paths import Paths
 
+if TYPE_CHECKING:  # the two-stage module pulls in the models; stages import them only when they run
+    from pipelines.two_stage import RunJobs
 
-def stages(params: Params, paths: Paths, source: str | None = None) -> list[tuple[str, Callable[[], Any]]]:
-    """Each stage as (name, thunk), in dependency order; heavy libraries are imported when a stage runs."""
+
+def stages(
+    params: Params, paths: Paths, source: str | None = None, run_jobs: RunJobs | None = None,
+) -> list[tuple[str, Callable[[], Any]]]:
+    """Each stage as (name, thunk), in dependency order; heavy libraries are imported when a stage runs.
+
+    ``run_jobs`` runs the train stage's independent model fits (default: one after another).
+    """
 
     def ingest() -> Any:
         from pipelines.ingest import ingest as run
@@ -35,7 +43,7 @@ def stages(params: Params, paths: Paths, source: str | None = None) -> list[tupl
     def train() -> Any:
         from pipelines.train import run_train
 
-        return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen)
+        return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen, run_jobs)
 
     def evaluate() -> Any:
         from pipelines.champion import Champion

@@ -13,13 +13,14 @@ from pipelines.config import TrainParams
 from pipelines.features import Features, load_features
 from pipelines.models import Popularity, Recommender, build_model, build_source
 from pipelines.ranking_features import ItemInfo
-from pipelines.two_stage import TwoStage
+from pipelines.two_stage import RunJobs, TwoStage
 
 EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on test targets
 ALL_EVENTS = ("train", "valid", "test")
 
 
-def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = True) -> TwoStage:
+def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = True,
+                  run_jobs: RunJobs | None = None) -> TwoStage:
     """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.two_stage``)."""
     from pipelines.rankers import build_ranker
 
@@ -29,15 +30,19 @@ def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = 
     rankers = {name: build_ranker(name, **params.ranker_params.get(name, {})) for name in params.rankers}
     model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed, exclude_seen,
                      params.max_ranker_users)
-    return model.fit(features.history(("train",)), features.target_sets("valid"))
+    return model.fit(features.history(("train",)), features.target_sets("valid"), run_jobs)
 
 
-def fit_models(features: Features, params: TrainParams, exclude_seen: bool = True) -> dict[str, Recommender]:
-    """The candidate (scored on test), the serving model (all events) and the popularity baseline."""
+def fit_models(features: Features, params: TrainParams, exclude_seen: bool = True,
+               run_jobs: RunJobs | None = None) -> dict[str, Recommender]:
+    """The candidate (scored on test), the serving model (all events) and the popularity baseline.
+
+    ``run_jobs`` runs the independent fits of a two-stage model (see ``TwoStage.fit``), e.g. as parallel tasks.
+    """
     eval_history = features.history(EVAL_HISTORY)
     baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit(eval_history)
     if params.model == "two_stage":
-        model = fit_two_stage(features, params, exclude_seen)
+        model = fit_two_stage(features, params, exclude_seen, run_jobs)
         return {"candidate": model.with_history(eval_history), "baseline": baseline,
                 "serving": model.with_history(features.history(ALL_EVENTS))}
     return {
@@ -48,12 +53,13 @@ def fit_models(features: Features, params: TrainParams, exclude_seen: bool = Tru
 
 
 def run_train(
-    features_dir: str | Path, out_dir: str | Path, params: TrainParams, exclude_seen: bool = True
+    features_dir: str | Path, out_dir: str | Path, params: TrainParams, exclude_seen: bool = True,
+    run_jobs: RunJobs | None = None,
 ) -> dict[str, object]:
     """Stage entry point: write ``candidate.joblib``, ``baseline.joblib``, ``serving.joblib`` and ``meta.json``."""
     start = time.perf_counter()
     features = load_features(features_dir)
-    models = fit_models(features, params, exclude_seen)
+    models = fit_models(features, params, exclude_seen, run_jobs)
     candidate = models["candidate"]
     meta = {
         "model": params.model,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Self
 
 import numpy as np
@@ -24,6 +26,9 @@ from pipelines.rankers.base import RankingData
 from pipelines.ranking_features import FeatureContext, ItemInfo
 
 log = logging.getLogger(__name__)
+
+# Runs a group of independent jobs (name -> thunk) and returns their results by name, e.g. as parallel tasks.
+RunJobs = Callable[[dict[str, Callable[[], Any]]], dict[str, Any]]
 
 
 @dataclass
@@ -67,15 +72,22 @@ class TwoStage(Recommender):
         self.report_: dict[str, Any] = {}
 
     # -- fitting -------------------------------------------------------------------------------------------
-    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
+    def fit(self, history: Interactions, valid: Targets | None = None, run_jobs: RunJobs | None = None) -> Self:
+        """Fit the sources, then the rankers on the sources' candidates for the validation targets.
+
+        ``run_jobs`` runs each group of independent fits (all sources, then all rankers); the default runs
+        them one after another here, the Prefect flow as parallel tasks. Either way the fitted models are the
+        returned ones, so a runner may fit copies in other processes.
+        """
         if valid is None:
             raise ValueError("TwoStage.fit needs validation targets: the rankers learn from them")
+        run_jobs = run_jobs or run_sequentially
         self._history = history
         timings: dict[str, float] = {}
-        for name, source in self.sources.items():
-            start = time.perf_counter()
-            source.fit(history, valid)
-            timings[f"fit_{name}"] = round(time.perf_counter() - start, 2)
+        fitted = run_jobs({f"source-{name}": partial(_timed_fit, source, history, valid)
+                           for name, source in self.sources.items()})
+        for name in self.sources:
+            self.sources[name], timings[f"fit_{name}"] = fitted[f"source-{name}"]
             log.info("source fitted name=%s seconds=%.1f", name, timings[f"fit_{name}"])
         users, targets = sample_users(*valid, self.max_ranker_users, self.seed)
         start = time.perf_counter()
@@ -85,10 +97,10 @@ class TwoStage(Recommender):
         self.report_ = {"valid_candidate_recall": candidate_recall(scored.cands, targets), "timings": timings}
         fit_mask, hold_mask = self._holdout(len(users), scored.cands.group, y)
         train, hold = _subset(scored, y, fit_mask), _subset(scored, y, hold_mask)
-        for name, ranker in self.rankers.items():
-            start = time.perf_counter()
-            ranker.fit(train, hold)
-            timings[f"fit_ranker_{name}"] = round(time.perf_counter() - start, 2)
+        fitted = run_jobs({f"ranker-{name}": partial(_timed_fit, ranker, train, hold)
+                           for name, ranker in self.rankers.items()})
+        for name in self.rankers:
+            self.rankers[name], timings[f"fit_ranker_{name}"] = fitted[f"ranker-{name}"]
             log.info("ranker fitted name=%s seconds=%.1f", name, timings[f"fit_ranker_{name}"])
         self._select(scored, [t for t, keep in zip(targets, hold_mask, strict=True) if keep], hold_mask)
         return self
@@ -181,6 +193,18 @@ class TwoStage(Recommender):
         state = self.__dict__.copy()
         state.pop("_context", None)
         return state
+
+
+def run_sequentially(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """The default job runner: each job in turn, in this process (what ``dvc repro`` and the CLI do)."""
+    return {name: job() for name, job in jobs.items()}
+
+
+def _timed_fit(model: Any, *data: Any) -> tuple[Any, float]:
+    """Fit ``model`` on ``data``; return it with the seconds it took (a job for ``run_jobs``)."""
+    start = time.perf_counter()
+    model.fit(*data)
+    return model, round(time.perf_counter() - start, 2)
 
 
 def sample_users(users: np.ndarray, targets: list[np.ndarray], max_users: int | None, seed: int) -> Targets:

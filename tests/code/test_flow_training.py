@@ -188,3 +188,24 @@ def test_data_quality_flow_publishes_the_report_and_fails_a_bad_drop(tmp_path: P
     summary = json.loads((root / "reports" / "quality" / "bad" / "validation" / "summary.json").read_text())
     assert not summary["success"] and any("outside" in p for p in summary["problems"])
     assert not (root / "data" / "validated").exists()  # the training's data is never touched
+
+
+def test_sources_and_rankers_are_fitted_as_parallel_child_tasks(training: Callable[..., Any], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    two_stage = ["train.model=two_stage", "train.sources=[covisit,transitions,popularity]",
+                 "train.rankers=[lightgbm,xgboost]"]
+    state = training(root=str(root), overrides=two_stage, return_state=True)
+    assert state.is_completed(), state
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    names = {run.name.rsplit("-", 1)[0] for run in runs if run.state and run.state.is_completed()}
+    assert {"source-covisit", "source-transitions", "source-popularity", "ranker-lightgbm",
+            "ranker-xgboost", "train", "register"} <= names, names
+    meta = json.loads((root / "models" / "candidate" / "meta.json").read_text())
+    assert meta["two_stage"]["selection"]["chosen"] in ("lightgbm", "xgboost")
