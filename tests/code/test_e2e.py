@@ -154,3 +154,31 @@ def test_taobao_sample_reports_out_of_window_rows(tmp_path: Path, shared_dir: Pa
     proc = run(["shoprec", "validate", "--policy", "quarantine"], tmp_path)
     summary = json.loads((tmp_path / "reports" / "validation" / "summary.json").read_text())
     assert summary["bad_rows"] == 4 and summary["success"]
+
+
+def test_killed_training_leaves_the_previous_model_and_champion(tmp_path: Path):
+    """SIGKILL while the train stage writes its model: models/candidate is one complete model, never a mix."""
+    import signal
+    import time
+
+    (tmp_path / "params.yaml").write_text(small_params(model="covisit"))
+    run(["shoprec", "pipeline"], tmp_path)
+    candidate = tmp_path / "models" / "candidate"
+    before = {f.name: f.read_bytes() for f in candidate.iterdir()}
+    slow = yaml.safe_load(small_params(model="two_stage", sources=["covisit", "sasrec"], rankers=["lightgbm"],
+                                       sasrec={"time_budget_s": 15}))
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["shoprec", "train", "--params", "slow.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("models/.candidate.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # kill as soon as the stage starts writing its files
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    after = {f.name: f.read_bytes() for f in candidate.iterdir()}
+    if after != before:  # the rename won the race: then the new model must be whole
+        assert json.loads(after["meta.json"])["model"] == "two_stage"
+        assert set(after) == set(before)
+    listed = run(["shoprec", "models", "list"], tmp_path).stdout
+    assert "champion" in listed.splitlines()[0] and len(listed.splitlines()) == 1
