@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import yaml
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -150,10 +151,26 @@ def _tree_md5(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def dvc_tracked(files: list[str]) -> dict[str, str]:
+    """DVC-tracked path -> its DVC hash, for the inputs that lie in a file or directory a ``.dvc`` file tracks."""
+    found: dict[str, str] = {}
+    for name in files:
+        path = Path(name).resolve()
+        for tracked in (p for p in (path, *path.parents) if p.name):
+            dvc_file = tracked.with_name(f"{tracked.name}.dvc")
+            if dvc_file.is_file():
+                outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+                if "md5" in outs[0]:
+                    found[str(tracked)] = str(outs[0]["md5"])
+                break
+    return found
+
+
 def data_version(paths: Paths) -> tuple[dict[str, str], dict[str, Any]]:
     """Short digests of the data read (tags), and the full inputs behind them (artifact).
 
-    A synthetic source is versioned by its generator parameters, any other by the md5 of its input files.
+    A synthetic source is versioned by its generator parameters, any other by the md5 of its input files and,
+    where DVC tracks them, by the DVC hash of the tracked file or directory (``dvc_md5``).
     """
     manifest = read_json(paths.ingested / "manifest.json")
     extra = manifest.get("extra", {})
@@ -166,7 +183,10 @@ def data_version(paths: Paths) -> tuple[dict[str, str], dict[str, Any]]:
         "inputs_md5": hashlib.md5(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
         "validated_md5": _tree_md5(paths.validated),
     }
-    return digests, {**digests, "inputs": inputs}
+    tracked = dvc_tracked(list(extra.get("inputs_md5", {})))
+    if tracked:
+        digests["dvc_md5"] = ",".join(tracked[k] for k in sorted(tracked))
+    return digests, {**digests, "inputs": inputs, "dvc": tracked}
 
 
 def log_training_run(paths: Paths, params: Params) -> RunRecord:

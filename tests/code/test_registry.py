@@ -135,3 +135,14 @@ def test_concurrent_registrations_do_not_corrupt_the_store(tmp_path: Path):
         assert [v["version"] for v in listed] == ["1", "2", "3", "4"]
         assert registry.show("champion")["version"] in versions
         assert sum("champion" in v["aliases"] for v in listed) == 1
+
+
+def test_dvc_hash_of_tracked_inputs_is_part_of_the_data_version(tmp_path: Path):
+    tracked = tmp_path / "data" / "raw" / "shop"
+    tracked.mkdir(parents=True)
+    (tracked / "events.csv").write_text("u,i\n")
+    (tmp_path / "data" / "raw" / "shop.dvc").write_text("outs:\n- md5: abc123.dir\n  path: shop\n")
+    untracked = tmp_path / "other.csv"
+    untracked.write_text("x\n")
+    found = registry.dvc_tracked([str(tracked / "events.csv"), str(untracked)])
+    assert found == {str(tracked.resolve()): "abc123.dir"}
