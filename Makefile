@@ -86,3 +86,31 @@ lock: setup
 
 clean:
 	rm -rf data models metrics reports outputs
+
+# Scale benchmark (issue 7): EVENTS synthetic Taobao-like events through ingest -> evaluate, wall time and peak
+# memory per stage; updates docs/scale-benchmark.json and the scale section of docs/BENCHMARKS.md.
+EVENTS ?= 10000000
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m pipelines.bench_scale --events $(EVENTS) --out outputs/bench-scale-$(EVENTS)
+
+# The business dashboard (issue 6) on http://127.0.0.1:$(DASHBOARD_PORT), reading the demo's outputs
+# (the project root for DATA=synthetic, outputs/beauty for DATA=beauty); Ctrl-C stops it.
+DASHBOARD_PORT ?= 8501
+.PHONY: dashboard
+dashboard: setup
+	$(BIN)/shoprec dashboard --root $(if $(filter beauty,$(DATA)),outputs/beauty,.) --port $(DASHBOARD_PORT)
+
+# The recommendation API on loopback (settings from SHOPREC_*, see docs/serving.md); Ctrl-C stops it.
+SERVE_PORT ?= 8000
+.PHONY: serve
+serve: setup
+	$(BIN)/shoprec serve --host 127.0.0.1 --port $(SERVE_PORT) --root .
+
+# API benchmark on a trained project (BENCH_ROOT, e.g. after `make demo`): precomputes the lists, serves them from a
+# subprocess, loads it from another process; writes the results into docs/BENCHMARKS.md (API latency).
+BENCH_ROOT ?= .
+.PHONY: bench-api
+bench-api: setup
+	$(BIN)/shoprec batch-recommend --root $(BENCH_ROOT)
+	$(BIN)/python -m pipelines.serving.loadgen --root $(BENCH_ROOT) --doc docs/BENCHMARKS.md

@@ -197,6 +197,26 @@ def batch_recommend(
                   f"in {summary['seconds']:.1f} s")
 
 
+@app.command()
+def dashboard(
+    root: RootOpt = Path("."),
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 8501,
+) -> None:
+    """Start the business dashboard (Streamlit) on 127.0.0.1 for the project at --root; Ctrl-C stops it.
+
+    The process becomes ``streamlit run`` (exec), so signals reach the server directly.
+    """
+    # dashboard/ sits beside pipelines/ both in the source tree and in an installed wheel
+    app_path = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+    if not app_path.exists():
+        raise ShoprecError(f"dashboard app not found at {app_path}")
+    console.print(f"dashboard of {root.resolve()} on http://127.0.0.1:{port}")
+    command = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", "127.0.0.1",
+               "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "viewer"]
+    os.execve(sys.executable, command, os.environ | {"SHOPREC_ROOT": str(root.resolve())})
+
+
 def main() -> None:
     try:
         app()

@@ -209,3 +209,24 @@ def test_sources_and_rankers_are_fitted_as_parallel_child_tasks(training: Callab
             "ranker-xgboost", "train", "register"} <= names, names
     meta = json.loads((root / "models" / "candidate" / "meta.json").read_text())
     assert meta["two_stage"]["selection"]["chosen"] in ("lightgbm", "xgboost")
+
+
+def test_batch_recommendations_flow_fills_the_serving_store_from_the_champion(
+        training: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import pandas as pd
+
+    from flows.batch_recommendations import batch_recommendations
+    from pipelines import registry
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    trained = training(root=str(root))
+    summary = batch_recommendations(root=str(root), k=15)
+    assert summary["champion_version"] == registry.show("champion")["version"] == trained["version"]
+    lists = pd.read_parquet(root / "serving" / "recommendations.parquet")
+    users = pd.read_parquet(root / "data" / "features" / "users.parquet")["user_id"]
+    assert summary["users"] == len(users) and set(lists["user_id"]) <= set(users.astype(str))
+    assert lists.groupby("user_id")["rank"].max().max() == 15 and (lists["rank"] >= 1).all()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}")
+    state = batch_recommendations(root=str(tmp_path / "empty"), return_state=True)
+    assert state.is_failed() and "no champion" in str(state.result(raise_on_failure=False))

@@ -1,0 +1,1 @@
+"""Tests of the Streamlit dashboard: every page through AppTest, and the running app in a real browser."""
