@@ -230,6 +230,17 @@ def _alias_version(reg: MlflowClient, alias: str) -> str | None:
         raise
 
 
+def local_dir(source: str, root: str | Path = ".") -> Path:
+    """A registered version's artifact URI as a local directory (downloaded when the store is remote)."""
+    if source.startswith("file://"):
+        return Path(url2pathname(urlparse(source).path))
+    if "://" not in source and ":" not in source.split("/")[0]:
+        return Path(source)
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(artifact_uri=source, tracking_uri=tracking_uri(root)))
+
+
 def champion_dir(root: str | Path = ".") -> tuple[str, Path] | None:
     """The champion's version and a local directory with its model files, or None before the first promotion."""
     if not Path(root, "mlflow.db").exists() and "MLFLOW_TRACKING_URI" not in os.environ:
@@ -238,12 +249,7 @@ def champion_dir(root: str | Path = ".") -> tuple[str, Path] | None:
     version = _alias_version(reg, CHAMPION) if reg.search_registered_models(f"name='{MODEL_NAME}'") else None
     if version is None:
         return None
-    source = reg.get_model_version(MODEL_NAME, version).source
-    if source.startswith("file://"):
-        return version, Path(url2pathname(urlparse(source).path))
-    from mlflow.artifacts import download_artifacts
-
-    return version, Path(download_artifacts(artifact_uri=source, tracking_uri=reg.tracking_uri))
+    return version, local_dir(reg.get_model_version(MODEL_NAME, version).source, root)
 
 
 def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bool:

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import joblib
 import numpy as np
@@ -128,25 +127,12 @@ def registry_available(root: str | Path) -> bool:
     return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (Path(root) / "mlflow.db").exists()
 
 
-def local_model_dir(source: str, root: str | Path) -> Path:
-    """A registry version's artifact URI as a local directory (downloaded when the store is remote)."""
-    if source.startswith("file://"):
-        return Path(unquote(urlparse(source).path))
-    if "://" not in source and ":" not in source.split("/")[0]:
-        return Path(source)
-    import mlflow.artifacts
-
-    from pipelines.registry import tracking_uri
-
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri(root)))
-
-
 def resolve_model_dir(root: str | Path = ".", ref: str = "champion") -> Path:
     """The model directory to serve: the registry's ``ref`` if there is a registry, else ``models/champion``."""
     if registry_available(root):
         from pipelines import registry
 
-        return local_model_dir(registry.show(ref, root)["source"], root)
+        return registry.local_dir(registry.show(ref, root)["source"], root)
     champion = Path(root) / "models" / "champion"
     if (champion / "serving.joblib").exists():
         return champion
@@ -220,7 +206,7 @@ class ServingModel:
         from pipelines import registry
 
         info = registry.show(ref, root)
-        served = cls.load(local_model_dir(info["source"], root), info["version"], rules)
+        served = cls.load(registry.local_dir(info["source"], root), info["version"], rules)
         served.meta["registry"] = {k: info.get(k) for k in ("version", "run_id", "source", "aliases", "tags")}
         served.meta["metrics"] = info.get("metrics", {})
         return served
