@@ -24,6 +24,7 @@ from prefect.states import State
 from prefect.tasks import Task
 
 from flows.cli import report
+from flows.runner import task_runner
 from pipelines.config import load_params
 from pipelines.errors import ShoprecError
 from pipelines.paths import Paths
@@ -77,7 +78,7 @@ def pull_data(root: Path, path: str, rev: str) -> dict[str, Any]:
     return pull_pinned(root, path, rev)
 
 
-@flow(name="training")
+@flow(name="training", task_runner=task_runner())
 def training(
     params_path: str = "params.yaml", root: str = ".", source: str | None = None,
     data_rev: str | None = None, data_path: str | None = None, overrides: list[str] | None = None,

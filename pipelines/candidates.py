@@ -30,6 +30,11 @@ class Candidates:
         return len(self.item)
 
 
+# users x items cells per dense score matrix in one candidate batch (128 MB of float32): at 10M events (250k items)
+# 1024-user batches held ~6 GB of dense scores across the sources.
+CELL_BUDGET = 1 << 25
+
+
 def _batch(
     sources: dict[str, Recommender], users: np.ndarray, n: int, exclude_seen: bool
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -57,7 +62,13 @@ def generate_candidates(
     sources: dict[str, Recommender], users: np.ndarray, n_per_source: int, exclude_seen: bool = True,
     batch_size: int = 1024,
 ) -> Candidates:
-    """The union of each source's top ``n_per_source`` items per user, with every source's score."""
+    """The union of each source's top ``n_per_source`` items per user, with every source's score.
+
+    A batch holds one dense (users x items) score matrix per source at once, so large catalogues get smaller
+    batches (at most ``CELL_BUDGET`` cells each); rows are independent, so the result does not depend on it.
+    """
+    n_items = next(iter(sources.values())).history.n_items if sources else 1
+    batch_size = max(1, min(batch_size, CELL_BUDGET // max(n_items, 1)))
     parts = []
     for start in range(0, len(users), batch_size):
         batch = users[start: start + batch_size]

@@ -1,4 +1,8 @@
-"""Features stage: encode the split once (vocabulary, integer events, item statistics) for all models."""
+"""Features stage: encode the split once (vocabulary, integer events, item and user statistics) for all models.
+
+The statistics are the engine-chosen part (``pipelines.engine``): pandas on one machine, Dask DataFrames over the
+split's Parquet when ``SHOPREC_DASK_ADDRESS`` names a cluster; one implementation serves both.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.atomic import atomic_dir, write_json
+from pipelines.engine import Frame, collect, read_parquet
 from pipelines.interactions import Interactions, Vocab
 from pipelines.schema import EVENT_TYPES
 
@@ -37,13 +42,35 @@ class Features:
         return uniq, np.split(items, starts[1:])
 
 
-def item_stats(events: pd.DataFrame) -> pd.DataFrame:
+def event_counts(events: Frame, key: str, other: str, distinct_name: str) -> Frame:
+    """Events per ``key`` and event type plus the number of distinct ``other`` ids, indexed by ``key``.
+
+    Written once against the API pandas and Dask DataFrames share, so one machine and a cluster compute the
+    same table (checked in tests/scale); the result is lazy on Dask until ``engine.collect``.
+    """
+    flags = events[[key]].assign(**{t: (events["event_type"] == t).astype("int64") for t in EVENT_TYPES})
+    counts = flags.groupby(key).sum()
+    distinct = events.groupby(key)[other].nunique().rename(distinct_name).to_frame()
+    return counts.merge(distinct, left_index=True, right_index=True)
+
+
+def item_stats(events: Frame) -> pd.DataFrame:
     """Counts per item and event type plus conversion rates, for reports and the dashboard."""
-    counts = events.pivot_table(index="item_id", columns="event_type", values="user_id", aggfunc="size", fill_value=0)
-    counts = counts.reindex(columns=list(EVENT_TYPES), fill_value=0)
-    counts["users"] = events.groupby("item_id")["user_id"].nunique()
+    counts = _finish(collect(event_counts(events, "item_id", "user_id", "users")), "item_id")
     counts["view_to_purchase"] = counts["purchase"] / counts["view"].where(counts["view"] > 0)
     return counts.reset_index()
+
+
+def user_stats(events: Frame) -> pd.DataFrame:
+    """Counts per user and event type plus distinct items: activity profiles for reports and the dashboard."""
+    return _finish(collect(event_counts(events, "user_id", "item_id", "items")), "user_id").reset_index()
+
+
+def _finish(counts: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Sorted by id with int64 counts and a plain string index, whichever engine computed it."""
+    counts = counts.sort_index().astype("int64")
+    counts.index = counts.index.astype(str).rename(key)
+    return counts.rename_axis(columns="event_type")
 
 
 def run_features(split_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
@@ -63,7 +90,11 @@ def run_features(split_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
         targets.to_parquet(tmp / "targets.parquet", index=False)
         if items is not None:
             items.to_parquet(tmp / "items.parquet", index=False)
-        item_stats(events[events["fold"] != "test"]).to_parquet(tmp / "item_stats.parquet", index=False)
+        # engine-chosen: pandas here, Dask DataFrames over the split's Parquet when a cluster is configured
+        known = read_parquet(split_dir / "events.parquet", ["user_id", "item_id", "event_type"],
+                             filters=[("fold", "!=", "test")])
+        item_stats(known).to_parquet(tmp / "item_stats.parquet", index=False)
+        user_stats(known).to_parquet(tmp / "user_stats.parquet", index=False)
         summary = {"users": len(vocab.users), "items": len(vocab.items), "events": len(events)}
         write_json(tmp / "summary.json", summary)
     return summary

@@ -36,8 +36,12 @@ def cosine_matrix(history: Interactions, neighbours: int) -> sp.csr_matrix:
     """Cosine between item columns of the binary user x item matrix, diagonal removed."""
     x = history.seen.astype(np.float32)
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    inv = sp.diags(1.0 / np.maximum(norms, 1e-9)).astype(np.float32)
-    sim = (inv @ (x.T @ x) @ inv).tocsr()
+    inv = (1.0 / np.maximum(norms, 1e-9)).astype(np.float32)
+    # scaled in place (same float32 products as diag @ C @ diag): the co-occurrence matrix is the memory peak of
+    # training at 10M events, and the two diagonal products held two more copies of it
+    sim = (x.T @ x).tocsr()
+    sim.data *= inv[np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))]
+    sim.data *= inv[sim.indices]
     sim.setdiag(0)
     sim.eliminate_zeros()
     return top_n_per_row(sim, neighbours).astype(np.float32)

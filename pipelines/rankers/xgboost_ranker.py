@@ -1,16 +1,22 @@
 """LambdaMART with XGBoost: a second, independently implemented GBDT ranker to check LightGBM against.
 
-XGBoost is imported inside methods so that importing the package stays cheap.
+XGBoost is imported inside methods so that importing the package stays cheap. With ``SHOPREC_DASK_ADDRESS``
+set, ``fit`` trains through ``xgboost.dask`` on the cluster and keeps a local ``XGBRanker`` of the result.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from pipelines.engine import dask_client
 from pipelines.rankers.base import Ranker, RankingData, importance_shares, passive_openmp
+from pipelines.rankers.distributed import to_dask
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +64,17 @@ class XGBoostRanker(Ranker):
         import xgboost as xgb
 
         self.feature_names_ = list(train.feature_names)
-        model = xgb.XGBRanker(
-            objective="rank:ndcg",
-            eval_metric=f"ndcg@{self.eval_at}",
-            early_stopping_rounds=self.early_stopping_rounds if valid is not None else None,
-            **self.params,
-        )
-        eval_args: dict[str, Any] = {}
-        if valid is not None:
-            eval_args = {"eval_set": [(valid.X, valid.labels)], "eval_qid": [valid.qid]}
-        model.fit(train.X, train.labels, qid=train.qid, verbose=False, **eval_args)
+        settings = {"objective": "rank:ndcg", "eval_metric": f"ndcg@{self.eval_at}",
+                    "early_stopping_rounds": self.early_stopping_rounds if valid is not None else None, **self.params}
+        client = dask_client()
+        if client is None:
+            model = xgb.XGBRanker(**settings)
+            eval_args: dict[str, Any] = {}
+            if valid is not None:
+                eval_args = {"eval_set": [(valid.X, valid.labels)], "eval_qid": [valid.qid]}
+            model.fit(train.X, train.labels, qid=train.qid, verbose=False, **eval_args)
+        else:
+            model = _fit_dask(client, settings, train, valid)
         self._model = model
         self.history_, self.best_iteration_ = {}, model.n_estimators
         if valid is not None:
@@ -88,3 +95,25 @@ class XGBoostRanker(Ranker):
         gains = kept.get_score(importance_type="total_gain")
         values = np.array([gains.get(f"f{i}", 0.0) for i in range(len(self.feature_names_))])
         return importance_shares(self.feature_names_, values)
+
+
+def _fit_dask(client: Client, settings: dict[str, Any], train: RankingData, valid: RankingData | None) -> Any:
+    """``xgboost.dask`` ranking over whole-group partitions (``qid``), early-stopped on the cluster; returns the
+    local ``XGBRanker`` loaded from the trained booster, so predicting needs neither Dask nor the cluster."""
+    import xgboost as xgb
+    from xgboost import dask as dxgb
+
+    data = to_dask(train, client)
+    model = dxgb.DaskXGBRanker(allow_group_split=True, **settings)  # partitions already hold whole groups
+    model.client = client
+    eval_args: dict[str, Any] = {}
+    if valid is not None:
+        dvalid = to_dask(valid, client)
+        eval_args = {"eval_set": [(dvalid.X, dvalid.y)], "eval_qid": [dvalid.qid]}
+    with client.as_current():
+        model.fit(data.X, data.y, qid=data.qid, **eval_args)
+    local = xgb.XGBRanker(**settings)
+    local.load_model(model.get_booster().save_raw())  # carries best_iteration for predict
+    local.evals_result_ = model.evals_result()
+    log.info("xgboost (dask, %d partitions) trained", data.n_partitions)
+    return local
