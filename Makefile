@@ -42,8 +42,10 @@ demo: setup
 ifeq ($(DATA),beauty)
 	$(BIN)/dvc update -q data/raw/amazon-beauty.dvc
 	$(BIN)/shoprec pipeline --source "$(BEAUTY)" --root outputs/beauty
+	$(BIN)/shoprec batch-recommend --root outputs/beauty
 else
 	$(BIN)/shoprec pipeline $(DEMO_SET)
+	$(BIN)/shoprec batch-recommend
 endif
 
 test: setup sysdeps
