@@ -192,6 +192,17 @@ def _serving_model(root: str, version: int) -> ServingModel:
     return ServingModel.from_registry(root, str(version))
 
 
+def champion_model(root: str) -> tuple[pd.DataFrame, int, ServingModel] | None:
+    """The runs, the champion's version and its loaded model; None, with the page's empty state shown, if none."""
+    all_runs = runs(root)
+    _, champion = version_options(all_runs)
+    if champion is None:
+        empty_state("No model in production yet: train and promote one with", "make demo")
+        return None
+    model = serving_model(root, champion)
+    return None if model is None else (all_runs, champion, model)
+
+
 def version_options(runs: pd.DataFrame) -> tuple[list[int], int | None]:
     """Registered versions, newest first, and the champion's (None when nothing was promoted)."""
     champion = data.alias_row(runs, data.CHAMPION)

@@ -54,14 +54,10 @@ def main() -> None:
     root = ui.root()
     ui.page_header("Item explorer", "Pick an item: what the model in production shows next to it, and who buys, "
                                     "saves or views it.")
-    runs = ui.runs(root)
-    _, champion = ui.version_options(runs)
-    if champion is None:
-        ui.empty_state("No model in production yet: train and promote one with", "make demo")
+    found = ui.champion_model(root)
+    if found is None:
         return
-    model = ui.serving_model(root, champion)
-    if model is None:
-        return
+    _, champion, model = found
     stats = ui.event_stats(root)
     examples = stats.top_items if stats is not None else []
     cols = st.columns([2, 1])

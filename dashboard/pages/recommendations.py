@@ -80,14 +80,10 @@ def main() -> None:
     root = ui.root()
     ui.page_header("Recommendations explorer", "Pick a shopper: what they did, what the model in production "
                                                "recommends to them and why.")
-    runs = ui.runs(root)
-    _, champion = ui.version_options(runs)
-    if champion is None:
-        ui.empty_state("No model in production yet: train and promote one with", "make demo")
+    found = ui.champion_model(root)
+    if found is None:
         return
-    model = ui.serving_model(root, champion)
-    if model is None:
-        return
+    runs, champion, model = found
     stats = ui.event_stats(root)
     examples = stats.top_users if stats is not None else []
     cols = st.columns([2, 1, 1, 1])
