@@ -28,7 +28,7 @@ from flows.runner import task_runner
 from pipelines.config import load_params
 from pipelines.errors import ShoprecError
 from pipelines.paths import Paths
-from pipelines.run import stages
+from pipelines.run import run_lock, stages
 
 IO_RETRIES = 2
 IO_RETRY_DELAY_S = 5
@@ -95,8 +95,9 @@ def training(
     if (data_rev is None) != (data_path is None):
         raise ShoprecError("data_rev and data_path go together: the git revision and the DVC-tracked path it pins")
     params = load_params(params_file, overrides)
-    pinned = pull_data(paths.root, data_path, data_rev) if data_rev else None
-    outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source, parallel_tasks)}
+    with run_lock(paths):
+        pinned = pull_data(paths.root, data_path, data_rev) if data_rev else None
+        outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source, parallel_tasks)}
     result = outputs["register"]
     if pinned:
         from pipelines.registry import tag_version

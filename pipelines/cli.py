@@ -136,13 +136,14 @@ def pipeline(
     set_: SetOpt = None,
 ) -> None:
     """Run every stage in this process, then print the summary."""
-    from pipelines.run import stages
+    from pipelines.run import run_lock, stages
 
-    for name, thunk in stages(load_params(params, set_), Paths(root), source):
-        start = time.perf_counter()
-        with console.status(f"{name} ..."):
-            thunk()
-        console.print(f"[green]ok[/] {name:<9} {time.perf_counter() - start:6.1f} s")
+    with run_lock(Paths(root)):
+        for name, thunk in stages(load_params(params, set_), Paths(root), source):
+            start = time.perf_counter()
+            with console.status(f"{name} ..."):
+                thunk()
+            console.print(f"[green]ok[/] {name:<9} {time.perf_counter() - start:6.1f} s")
     summary(root)
 
 

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock, Timeout
+
 from pipelines.config import Params
+from pipelines.errors import ShoprecError
 from pipelines.paths import Paths
 
 if TYPE_CHECKING:  # the two-stage module pulls in the models; stages import them only when they run
     from pipelines.two_stage import RunJobs
+
+
+RUN_LOCK_TIMEOUT_S = 6 * 3600  # a second run waits for the first (a nightly run overlapping a manual one)
+
+
+@contextmanager
+def run_lock(paths: Paths, timeout_s: float | None = None) -> Iterator[None]:
+    """One pipeline run per project directory at a time: two runs' stages would interleave in data/ and models/."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(paths.root / ".shoprec-run.lock")
+    try:
+        lock.acquire(timeout=RUN_LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
+    except Timeout:
+        raise ShoprecError(f"{paths.root.resolve()}: another pipeline run still holds {lock.lock_file}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def stages(

@@ -230,3 +230,22 @@ def test_batch_recommendations_flow_fills_the_serving_store_from_the_champion(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}")
     state = batch_recommendations(root=str(tmp_path / "empty"), return_state=True)
     assert state.is_failed() and "no champion" in str(state.result(raise_on_failure=False))
+
+
+def test_a_second_run_in_the_same_project_waits_for_the_first(training: Callable[..., Any], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """While another run holds the project's run lock, a run does not touch data/ or models/; it fails clearly
+    once its wait is over (the default wait is hours, so an overlapping nightly run queues behind a manual one)."""
+    from filelock import FileLock
+
+    import pipelines.run
+
+    root = project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(pipelines.run, "RUN_LOCK_TIMEOUT_S", 0.5)
+    with FileLock(root / ".shoprec-run.lock"):
+        state = training(root=str(root), return_state=True)
+    assert state.is_failed()
+    assert "another pipeline run" in str(state.result(raise_on_failure=False))
+    assert not (root / "data").exists()
+    assert training(root=str(root))["status"] in ("promoted", "rejected")  # free again
