@@ -54,9 +54,9 @@ class ItemInfo:
                    n_categories=len(cats.categories), n_attributes=len(codes.categories))
 
 
-def _lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """matrix[rows[i], cols[i]] for many pairs, as a dense float32 vector (cols < 0 give 0)."""
-    ok = cols >= 0
+def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """matrix[rows[i], cols[i]] for many pairs, as a dense float32 vector (negative codes give 0)."""
+    ok = (rows >= 0) & (cols >= 0)
     out = np.zeros(len(rows), dtype=np.float32)
     if ok.any():
         out[ok] = np.asarray(matrix[rows[ok], cols[ok]]).ravel()
@@ -119,7 +119,7 @@ def _steps_since(latest: pd.Series, q_users: np.ndarray, q_keys: np.ndarray) -> 
 def _category_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict:
     """User x category affinity by event type, and how many steps ago the user touched the category/item."""
     cand_cat = info.category[cands.item]
-    out = {f"user_cat_share_{name}": _lookup(m, cands.user, cand_cat) / p.user_events[cands.user]
+    out = {f"user_cat_share_{name}": pair_values(m, cands.user, cand_cat) / p.user_events[cands.user]
            for name, m in p.category_counts.items()}
     out["steps_since_category"] = _steps_since(p.category_latest, cands.user, cand_cat)
     out["steps_since_item"] = _steps_since(p.item_latest, cands.user, cands.item)
@@ -134,7 +134,7 @@ def _attribute_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict
     if isinstance(p.attributes, np.ndarray):
         gathered = np.where(valid, p.attributes[cands.user[:, None], np.maximum(cand_attrs, 0)], 0.0)
     else:
-        gathered = np.stack([_lookup(p.attributes, cands.user, cand_attrs[:, j])
+        gathered = np.stack([pair_values(p.attributes, cands.user, cand_attrs[:, j])
                              for j in range(cand_attrs.shape[1])], 1)
     last = p.last_item[cands.user]
     has_last = last >= 0

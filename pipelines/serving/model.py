@@ -29,6 +29,7 @@ from pipelines.errors import ShoprecError
 from pipelines.interactions import Interactions
 from pipelines.models.base import Recommender, top_k
 from pipelines.models.popularity import popularity_scores
+from pipelines.ranking_features import pair_values
 from pipelines.schema import EVENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,6 @@ def within_group_rank(groups: np.ndarray) -> np.ndarray:
     rank = np.empty(len(groups), dtype=np.int64)
     rank[order] = np.arange(len(ordered)) - first
     return rank
-
-
-def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``matrix[rows[i], cols[i]]`` for many pairs (negative codes give 0)."""
-    out = np.zeros(len(rows), dtype=np.float32)
-    ok = (rows >= 0) & (cols >= 0)
-    if ok.any():
-        out[ok] = np.asarray(matrix[rows[ok], cols[ok]]).ravel()
-    return out
 
 
 def registry_available(root: str | Path) -> bool:
