@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -89,6 +89,25 @@ class Ranker(ABC):
             raise RuntimeError(f"{self.name}: call fit() before predict()")
         if list(data.feature_names) != fitted:
             raise ValueError(f"{self.name}: feature names differ from training ({len(fitted)} features)")
+
+
+class BoostedRanker(Ranker):
+    """A GBDT ranker early-stopped on the valid NDCG@``eval_at``: LightGBM and XGBoost share this setup.
+
+    Keyword arguments override the subclass's ``DEFAULTS`` and go to the library's ranker;
+    ``early_stopping_rounds`` and ``eval_at`` are ours. After ``fit``: ``best_iteration_`` (trees kept) and
+    ``history_`` (valid ndcg per round).
+    """
+
+    DEFAULTS: dict[str, Any] = {}
+
+    def __init__(self, early_stopping_rounds: int = 30, eval_at: int = 10, **params: Any):
+        self.params = {**self.DEFAULTS, **params}
+        self.early_stopping_rounds = early_stopping_rounds
+        self.eval_at = eval_at
+        self.best_iteration_ = 0
+        self.history_: dict[str, list[float]] = {}
+        self._model: Any = None
 
 
 def importance_shares(names: list[str], values: np.ndarray) -> dict[str, float]:

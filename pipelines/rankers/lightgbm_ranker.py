@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from pipelines.engine import dask_client
-from pipelines.rankers.base import Ranker, RankingData, importance_shares, passive_openmp
+from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
 from pipelines.rankers.distributed import early_stopped, staged_ndcg, to_dask
 
 if TYPE_CHECKING:
@@ -42,22 +42,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class LightGBMRanker(Ranker):
-    """``LGBMRanker`` with objective lambdarank, early-stopped on the valid NDCG@``eval_at``.
-
-    Keyword arguments override ``DEFAULTS`` and go to ``LGBMRanker``; ``early_stopping_rounds`` and ``eval_at``
-    are ours. After ``fit``: ``best_iteration_`` (trees kept) and ``history_`` (valid ndcg per round).
-    """
+class LightGBMRanker(BoostedRanker):
+    """``LGBMRanker`` with objective lambdarank, early-stopped on the valid NDCG@``eval_at`` (see ``BoostedRanker``)."""
 
     name = "lightgbm"
-
-    def __init__(self, early_stopping_rounds: int = 30, eval_at: int = 10, **params: Any):
-        self.params = {**DEFAULTS, **params}
-        self.early_stopping_rounds = early_stopping_rounds
-        self.eval_at = eval_at
-        self.best_iteration_ = 0
-        self.history_: dict[str, list[float]] = {}
-        self._model: Any = None
+    DEFAULTS = DEFAULTS
 
     def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
         """Boost up to ``n_estimators`` trees; with ``valid``, stop after ``early_stopping_rounds`` without gain."""
