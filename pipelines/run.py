@@ -20,12 +20,12 @@ RUN_LOCK_TIMEOUT_S = 6 * 3600  # a second run waits for the first (a nightly run
 
 
 @contextmanager
-def run_lock(paths: Paths, timeout_s: float | None = None) -> Iterator[None]:
+def run_lock(paths: Paths) -> Iterator[None]:
     """One pipeline run per project directory at a time: two runs' stages would interleave in data/ and models/."""
     paths.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(paths.root / ".shoprec-run.lock")
     try:
-        lock.acquire(timeout=RUN_LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
+        lock.acquire(timeout=RUN_LOCK_TIMEOUT_S)
     except Timeout:
         raise ShoprecError(f"{paths.root.resolve()}: another pipeline run still holds {lock.lock_file}") from None
     try:
