@@ -84,7 +84,7 @@ prefect-run: setup
 
 # Re-resolve the pinned set after changing pyproject.toml ranges.
 lock: setup
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^shoprec' > requirements.lock
+	$(BIN)/python infra/write_lock.py requirements.lock
 
 clean:
 	rm -rf data models metrics reports outputs
