@@ -94,7 +94,7 @@ clean:
 EVENTS ?= 10000000
 .PHONY: bench-scale
 bench-scale: setup
-	$(BIN)/python -m pipelines.bench_scale --events $(EVENTS) --out outputs/bench-scale-$(EVENTS)
+	$(BIN)/python -m benchmarks.scale --events $(EVENTS) --out outputs/bench-scale-$(EVENTS)
 
 # The business dashboard (issue 6) on http://127.0.0.1:$(DASHBOARD_PORT), reading the demo's outputs
 # (the project root for DATA=synthetic, outputs/beauty for DATA=beauty); Ctrl-C stops it.
@@ -115,4 +115,4 @@ BENCH_ROOT ?= .
 .PHONY: bench-api
 bench-api: setup
 	$(BIN)/shoprec batch-recommend --root $(BENCH_ROOT)
-	$(BIN)/python -m pipelines.serving.loadgen --root $(BENCH_ROOT) --doc docs/BENCHMARKS.md
+	$(BIN)/python -m benchmarks.api_load --root $(BENCH_ROOT) --doc docs/BENCHMARKS.md

@@ -21,14 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.atomic import read_json
-from pipelines.paths import Paths
-from pipelines.schema import EVENT_TYPES
+from pipelines.core.atomic import read_json
+from pipelines.core.paths import Paths
+from pipelines.data.schema import EVENT_TYPES
 
 if TYPE_CHECKING:
     from pipelines.serving.model import Recommendation
 
-# the registry's aliases (pipelines.registry, not imported here: it loads MLflow, ~2 s)
+# the registry's aliases (pipelines.registry.versions, not imported here: it loads MLflow, ~2 s)
 CHAMPION = "champion"
 PREVIOUS = "previous_champion"
 # MLflow metric keys the run tables show, in this order (the registry logs more)
@@ -70,7 +70,7 @@ def model_runs(root: str | Path) -> pd.DataFrame:
     """One row per registered model version, oldest first: status, dates, model type, data version, test metrics."""
     if not has_store(root):
         return pd.DataFrame(columns=RUN_COLUMNS)
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     versions = registry.list_versions(root)
     if not versions:
@@ -123,7 +123,7 @@ def alias_row(runs: pd.DataFrame, alias: str) -> pd.Series | None:
 
 def run_params(root: str | Path, run_id: str) -> dict[str, str]:
     """The parameters a run was trained with (flattened ``params.yaml``, e.g. ``train.model``)."""
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     return dict(registry.client(root).get_run(run_id).data.params)
 
@@ -142,7 +142,7 @@ def run_artifact(root: str | Path, run: pd.Series, path: str) -> Any | None:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import tracking_uri
+    from pipelines.registry.versions import tracking_uri
 
     try:
         return read_json(download_artifacts(artifact_uri=f"{uri}/{path}", tracking_uri=tracking_uri(root)))

@@ -14,8 +14,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from pipelines.errors import ShoprecError
-from pipelines.schema import EVENT_TYPES
+from pipelines.core.errors import ShoprecError
+from pipelines.data.schema import EVENT_TYPES
 
 if TYPE_CHECKING:
     from pipelines.serving.model import ServingModel

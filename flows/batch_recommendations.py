@@ -17,13 +17,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.cli import report
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 
 
 @task(name="resolve-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def resolve_champion(root: Path) -> tuple[str, Path]:
     """The champion's version and local model directory (a registry read: retried, it may be a server)."""
-    from pipelines.registry import champion_dir
+    from pipelines.registry.versions import champion_dir
 
     found = champion_dir(root)
     if found is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.states import State
 
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 
 
 def report(state: State[Any], label: str) -> int:

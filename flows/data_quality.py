@@ -16,14 +16,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.cli import report
-from pipelines.atomic import read_json
-from pipelines.config import load_params
-from pipelines.errors import ShoprecError
+from pipelines.core.atomic import read_json
+from pipelines.core.config import load_params
+from pipelines.core.errors import ShoprecError
 
 
 @task(name="ingest-drop", cache_policy=NO_CACHE)
 def ingest_drop(source: str, out: Path, params_file: Path) -> dict[str, Any]:
-    from pipelines.ingest import ingest
+    from pipelines.data.ingest import ingest
 
     manifest = ingest(source, out, synthetic=load_params(params_file).synthetic)
     return {"rows": manifest.rows, "users": manifest.users, "items": manifest.items}
@@ -31,7 +31,7 @@ def ingest_drop(source: str, out: Path, params_file: Path) -> dict[str, Any]:
 
 @task(name="validate-drop", cache_policy=NO_CACHE)
 def validate_drop(dataset: Path, out: Path, reports: Path, params_file: Path) -> None:
-    from pipelines.validate import validate
+    from pipelines.data.validate import validate
 
     validate(dataset, out, reports, load_params(params_file).validate_)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from pipelines.engine import dask_address
+from pipelines.core.engine import dask_address
 
 LOCAL_THREADS = 2  # the development machines have 2 cores; stages are CPU-bound
 

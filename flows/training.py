@@ -25,9 +25,9 @@ from prefect.tasks import Task
 
 from flows.cli import report
 from flows.runner import task_runner
-from pipelines.config import load_params
-from pipelines.errors import ShoprecError
-from pipelines.paths import Paths
+from pipelines.core.config import load_params
+from pipelines.core.errors import ShoprecError
+from pipelines.core.paths import Paths
 from pipelines.run import run_lock, stages
 
 IO_RETRIES = 2
@@ -73,7 +73,7 @@ def parallel_tasks(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
       retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def pull_data(root: Path, path: str, rev: str) -> dict[str, Any]:
     """Check out ``path`` as of git ``rev`` through DVC (fetching from the remote is what may need a retry)."""
-    from pipelines.data_pin import pull_pinned
+    from pipelines.data.pin import pull_pinned
 
     return pull_pinned(root, path, rev)
 
@@ -100,7 +100,7 @@ def training(
         outputs = {name: stage_task(name, thunk)() for name, thunk in stages(params, paths, source, parallel_tasks)}
     result = outputs["register"]
     if pinned:
-        from pipelines.registry import tag_version
+        from pipelines.registry.versions import tag_version
 
         tag_version(result["version"], {f"data.dvc_{k}": str(v) for k, v in pinned.items()}, paths.root)
         result["data_version"] |= {f"dvc_{k}": str(v) for k, v in pinned.items()}

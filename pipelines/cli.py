@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.config import load_params
-from pipelines.errors import ShoprecError
-from pipelines.models_cli import models_app
-from pipelines.paths import Paths
+from pipelines.core.config import load_params
+from pipelines.core.errors import ShoprecError
+from pipelines.core.paths import Paths
+from pipelines.registry.cli import models_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="shoprec: e-commerce recommendations from behaviour logs.")
@@ -60,7 +60,7 @@ def generate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Write the embedded synthetic Taobao-like data set."""
-    from pipelines.generate import generate as run
+    from pipelines.data.generate import generate as run
 
     overrides = {k: v for k, v in {"users": users, "events_per_user": events_per_user, "seed": seed}.items()
                  if v is not None}
@@ -89,7 +89,7 @@ def validate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Validate with Great Expectations; writes reports/validation/ and, on success, data/validated."""
-    from pipelines.validate import validate as run
+    from pipelines.data.validate import validate as run
 
     paths = Paths(root)
     vparams = load_params(params).validate_
@@ -155,7 +155,7 @@ def benchmark(
     set_: SetOpt = None,
 ) -> None:
     """Run the whole two-stage pipeline under leave-one-out on one data set and report every component."""
-    from pipelines.benchmark import run_benchmark
+    from benchmarks.quality import run_benchmark
 
     command = "shoprec " + " ".join(sys.argv[1:])
     run_benchmark(dataset, out, load_params(params, set_), command, echo=Console().print)
@@ -164,7 +164,7 @@ def benchmark(
 @app.command()
 def summary(root: RootOpt = Path(".")) -> None:
     """Print data rows, validation result, metrics and the gate decision of the last run."""
-    from pipelines.report import summary_table
+    from pipelines.evaluation.report import summary_table
 
     table: Table = summary_table(Paths(root))
     Console().print(table)

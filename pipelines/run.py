@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from pipelines.config import Params
-from pipelines.errors import ShoprecError
-from pipelines.paths import Paths
+from pipelines.core.config import Params
+from pipelines.core.errors import ShoprecError
+from pipelines.core.paths import Paths
 
 if TYPE_CHECKING:  # the two-stage module pulls in the models; stages import them only when they run
-    from pipelines.two_stage import RunJobs
+    from pipelines.models.two_stage import RunJobs
 
 
 RUN_LOCK_TIMEOUT_S = 6 * 3600  # a second run waits for the first (a nightly run overlapping a manual one)
@@ -43,47 +43,47 @@ def stages(
     """
 
     def ingest() -> Any:
-        from pipelines.ingest import ingest as run
+        from pipelines.data.ingest import ingest as run
 
         return run(source or params.data.source, paths.ingested, progress=True, synthetic=params.synthetic)
 
     def validate() -> Any:
-        from pipelines.validate import validate as run
+        from pipelines.data.validate import validate as run
 
         return run(paths.ingested, paths.validated, paths.reports, params.validate_)
 
     def split() -> Any:
-        from pipelines.split import run_split
+        from pipelines.data.split import run_split
 
         return run_split(paths.validated, paths.split, params.split)
 
     def features() -> Any:
-        from pipelines.features import run_features
+        from pipelines.features.encode import run_features
 
         return run_features(paths.split, paths.features)
 
     def train() -> Any:
-        from pipelines.train import run_train
+        from pipelines.models.train import run_train
 
         return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen, run_jobs)
 
     def evaluate() -> Any:
-        from pipelines.champion import Champion
-        from pipelines.evaluate import run_evaluate
-        from pipelines.registry import champion_dir
+        from pipelines.evaluation.champion import Champion
+        from pipelines.evaluation.evaluate import run_evaluate
+        from pipelines.registry.versions import champion_dir
 
         found = champion_dir(paths.root)
         champion = Champion.load(*found) if found else None
         return run_evaluate(paths.features, paths.candidate, paths.metrics, params.evaluate, params.split, champion)
 
     def gate() -> Any:
-        from pipelines.gate import run_gate
+        from pipelines.evaluation.gate import run_gate
 
         return run_gate(paths.metrics / "metrics.json", paths.validation_summary, paths.candidate,
                         paths.champion, paths.gate, params.gate)
 
     def register() -> Any:
-        from pipelines.registry import run_register
+        from pipelines.registry.versions import run_register
 
         return run_register(paths, params)
 

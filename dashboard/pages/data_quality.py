@@ -8,7 +8,7 @@ import altair as alt
 import streamlit as st
 
 from dashboard import data, ui
-from pipelines.schema import EVENT_TYPES
+from pipelines.data.schema import EVENT_TYPES
 
 
 def validation_section(root: str, summary: dict[str, Any]) -> None:

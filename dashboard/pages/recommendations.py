@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data, ui
-from pipelines.schema import EVENT_TYPES
+from pipelines.data.schema import EVENT_TYPES
 from pipelines.serving.model import UnknownCategory
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.config import TrainParams
+from pipelines.core.config import TrainParams
 from pipelines.models.base import Recommender
 from pipelines.models.covisit import CoVisitation
 from pipelines.models.itemcos import ItemCosine
@@ -40,7 +40,7 @@ def build_source(name: str, params: TrainParams, item_category: np.ndarray | Non
 
 
 def build_model(params: TrainParams) -> Recommender:
-    """The single model named in ``params.model`` (``two_stage`` is built by ``pipelines.train``)."""
+    """The single model named in ``params.model`` (``two_stage`` is built by ``pipelines.models.train``)."""
     if params.model == "popularity":
         return Popularity(params.event_weights, params.popularity_half_life_days)
     if params.model == "random":

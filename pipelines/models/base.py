@@ -7,7 +7,7 @@ from typing import Self
 
 import numpy as np
 
-from pipelines.interactions import Interactions
+from pipelines.features.interactions import Interactions
 
 # Validation targets for early stopping: user codes and, per user, the target item codes.
 Targets = tuple[np.ndarray, list[np.ndarray]]

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.interactions import Interactions
-from pipelines.metrics import ndcg_at_k
+from pipelines.evaluation.metrics import ndcg_at_k
+from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.interactions import Interactions
+from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
 
 DAY = 86_400.0

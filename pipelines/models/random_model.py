@@ -6,7 +6,7 @@ from typing import Self
 
 import numpy as np
 
-from pipelines.interactions import Interactions
+from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
 
 

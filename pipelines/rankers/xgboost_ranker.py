@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from pipelines.engine import dask_client
+from pipelines.core.engine import dask_client
 from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
 from pipelines.rankers.distributed import to_dask
 

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 from pipelines.serving.cache import Cache, make_cache
 from pipelines.serving.events import (
     ID_PATTERN,
@@ -211,7 +211,7 @@ class ServingState:
             return None
         if s.model_ref.isdigit():
             return s.model_ref
-        from pipelines import registry
+        from pipelines.registry import versions as registry
 
         if self._registry is None:
             self._registry = registry.client(s.root)

@@ -1,7 +1,7 @@
 """Feedback events: validated against the canonical schema, appended durably to the log the next training reads.
 
 The log is a canonical events directory, ``<root>/data/incoming/events/part-<ns>-<id>.parquet``, one file per
-acknowledged batch with exactly ``EVENTS_SCHEMA``, so ``pipelines.events_io.read_events(<root>/data/incoming)``
+acknowledged batch with exactly ``EVENTS_SCHEMA``, so ``pipelines.data.events_io.read_events(<root>/data/incoming)``
 (and any stage that reads a data set's ``events/``) reads it. A batch is written to a hidden temporary file,
 flushed and fsynced, renamed into place and the directory fsynced before the API acknowledges it: an
 acknowledged batch survives a crash or restart; a batch interrupted before that leaves at most a hidden
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from pipelines.schema import EVENTS_SCHEMA, events_dir
+from pipelines.data.schema import EVENTS_SCHEMA, events_dir
 
 MAX_ID_CHARS = 128
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no control characters (C0, DEL, C1)

@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.errors import ShoprecError
-from pipelines.interactions import Interactions
+from pipelines.core.errors import ShoprecError
+from pipelines.data.schema import EVENT_TYPES
+from pipelines.features.interactions import Interactions
+from pipelines.features.ranking import pair_values
 from pipelines.models.base import Recommender, top_k
 from pipelines.models.popularity import popularity_scores
-from pipelines.ranking_features import pair_values
-from pipelines.schema import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def registry_available(root: str | Path) -> bool:
 def resolve_model_dir(root: str | Path = ".", ref: str = "champion") -> Path:
     """The model directory to serve: the registry's ``ref`` if there is a registry, else ``models/champion``."""
     if registry_available(root):
-        from pipelines import registry
+        from pipelines.registry import versions as registry
 
         return registry.local_dir(registry.show(ref, root)["source"], root)
     champion = Path(root) / "models" / "champion"
@@ -195,7 +195,7 @@ class ServingModel:
     @classmethod
     def from_registry(cls, root: str | Path = ".", ref: str = "champion", rules: Rules | None = None) -> ServingModel:
         """The registered version ``ref`` (number or alias) of the project's MLflow registry."""
-        from pipelines import registry
+        from pipelines.registry import versions as registry
 
         info = registry.show(ref, root)
         served = cls.load(registry.local_dir(info["source"], root), info["version"], rules)

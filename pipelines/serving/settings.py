@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 from pipelines.serving.model import Rules
 
 

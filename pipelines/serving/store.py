@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_dir, read_json, write_json
-from pipelines.errors import ShoprecError
+from pipelines.core.atomic import atomic_dir, read_json, write_json
+from pipelines.core.errors import ShoprecError
 from pipelines.serving.model import Lists, ServingModel
 
 log = logging.getLogger(__name__)

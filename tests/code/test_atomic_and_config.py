@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipelines.atomic import atomic_dir, atomic_file
-from pipelines.config import load_params
-from pipelines.errors import ShoprecError
+from pipelines.core.atomic import atomic_dir, atomic_file
+from pipelines.core.config import load_params
+from pipelines.core.errors import ShoprecError
 
 
 def test_atomic_file_keeps_old_content_on_error(tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 from tests.conftest import REPO
 
 TINY = {"users": 300, "items": 300, "categories": 8, "events_per_user": 30}
@@ -54,10 +54,10 @@ def project(root: Path, **overrides: dict[str, Any]) -> Path:
 
 def test_flow_trains_registers_and_promotes(training: Callable[..., Any], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch):
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project")
-    monkeypatch.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.ingest._inputs_md5)
+    monkeypatch.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest._inputs_md5)
     result = training(root=str(root))
     assert result["status"] == "promoted", result
     assert registry.show("champion")["version"] == result["version"]
@@ -66,7 +66,7 @@ def test_flow_trains_registers_and_promotes(training: Callable[..., Any], tmp_pa
 
 def test_validation_failure_fails_the_flow_before_training(training: Callable[..., Any], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch):
-    from pipelines.errors import ValidationFailed
+    from pipelines.core.errors import ValidationFailed
 
     root = project(tmp_path / "project", validate={"window_start": "2030-01-01T00:00:00+00:00"})
     monkeypatch.chdir(root)
@@ -79,7 +79,7 @@ def test_validation_failure_fails_the_flow_before_training(training: Callable[..
 
 def test_rejected_gate_completes_without_touching_the_champion(training: Callable[..., Any], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch):
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project", gate={"min_ndcg_at_10": 2.0})
     monkeypatch.chdir(root)
@@ -95,7 +95,7 @@ def test_rejected_gate_completes_without_touching_the_champion(training: Callabl
 def test_ingest_retries_io_errors_only(training: Callable[..., Any], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, error: Exception, calls: int):
     import flows.training
-    import pipelines.ingest
+    import pipelines.data.ingest
 
     attempts = []
 
@@ -103,7 +103,7 @@ def test_ingest_retries_io_errors_only(training: Callable[..., Any], tmp_path: P
         attempts.append(1)
         raise error
 
-    monkeypatch.setattr(pipelines.ingest, "ingest", failing_ingest)
+    monkeypatch.setattr(pipelines.data.ingest, "ingest", failing_ingest)
     monkeypatch.setattr(flows.training, "IO_RETRY_DELAY_S", 0)
     state = training(root=str(project(tmp_path / "project")), return_state=True)
     assert state.is_failed()
@@ -114,7 +114,7 @@ def test_ingest_retries_io_errors_only(training: Callable[..., Any], tmp_path: P
 def test_degraded_model_is_rejected_and_the_champion_stays(training: Callable[..., Any], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
     """A random model, set through the flow's ``overrides`` parameter, fails the gate against the champion."""
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project")
     monkeypatch.chdir(root)
@@ -139,7 +139,7 @@ def test_pinned_data_version_is_pulled_and_a_bad_one_stops_before_training(
         training: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_dir: Path):
     """Two DVC versions of the real Taobao sample under git tags: the bad one (4 rows outside the window) fails
     validation; the good one trains, and the registered version carries the pinned revision and hash."""
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "repo")
     monkeypatch.chdir(root)
@@ -216,7 +216,7 @@ def test_batch_recommendations_flow_fills_the_serving_store_from_the_champion(
     import pandas as pd
 
     from flows.batch_recommendations import batch_recommendations
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project")
     monkeypatch.chdir(root)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipelines.config import GateParams
-from pipelines.gate import decide, run_gate
+from pipelines.core.config import GateParams
+from pipelines.evaluation.gate import decide, run_gate
 
 
 def metrics(ndcg=0.05, lift=(0.03, 0.01, 0.05)):

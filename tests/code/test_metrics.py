@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.metrics import (
+from pipelines.evaluation.metrics import (
     coverage,
     hit_rate_at_k,
     mrr_at_k,

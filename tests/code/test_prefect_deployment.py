@@ -97,7 +97,7 @@ def prefect(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 12
 
 def test_nightly_deployment_runs_on_a_worker_trains_and_promotes(
         spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project")
     port = free_port()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry
-from pipelines.config import Params
-from pipelines.errors import ShoprecError
-from pipelines.paths import Paths
+from pipelines.core.config import Params
+from pipelines.core.errors import ShoprecError
+from pipelines.core.paths import Paths
+from pipelines.registry import versions as registry
 
 OVERALL = {f"{m}@{k}": 0.1 * k / 20 for m in ("hr", "ndcg", "recall", "mrr") for k in (5, 10, 20)}
 
@@ -96,7 +96,7 @@ def test_promoting_the_champion_again_keeps_the_previous_one(tmp_path: Path, sto
 def test_models_cli_lists_refuses_a_failed_version_and_rolls_back(tmp_path: Path, store: Path):
     from typer.testing import CliRunner
 
-    from pipelines.models_cli import models_app
+    from pipelines.registry.cli import models_app
 
     first = train_and_promote(tmp_path / "a", passed=True)
     rejected = train_and_promote(tmp_path / "b", passed=False)

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from pipelines.config import SplitParams
-from pipelines.errors import ShoprecError
-from pipelines.split import leave_one_out, make_split, temporal
+from pipelines.core.config import SplitParams
+from pipelines.core.errors import ShoprecError
+from pipelines.data.split import leave_one_out, make_split, temporal
 from tests.conftest import make_events
 
 

@@ -26,8 +26,8 @@ FAILED_EXPECTATION = "expect_column_values_to_be_between"
 
 
 def _pipeline(root: Path, overrides: list[str]) -> None:
-    from pipelines.config import load_params
-    from pipelines.paths import Paths
+    from pipelines.core.config import load_params
+    from pipelines.core.paths import Paths
     from pipelines.run import stages
 
     for _, stage in stages(load_params(root / "params.yaml", overrides), Paths(root)):
@@ -45,7 +45,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["evaluate"]["bootstrap_samples"] = 100
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as env:
-        env.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.ingest._inputs_md5)
+        env.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest._inputs_md5)
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         env.setenv("TQDM_DISABLE", "1")
         _pipeline(root, [])
@@ -57,10 +57,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def failed_project(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny project's ingested data validated under ``policy: fail`` with a window that rejects rows."""
-    from pipelines.config import load_params
-    from pipelines.errors import ValidationFailed
-    from pipelines.paths import Paths
-    from pipelines.validate import validate
+    from pipelines.core.config import load_params
+    from pipelines.core.errors import ValidationFailed
+    from pipelines.core.paths import Paths
+    from pipelines.data.validate import validate
 
     root = tmp_path_factory.mktemp("dashboard-failed")
     shutil.copytree(project / "data" / "ingested", root / "data" / "ingested")

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
-from pipelines.events_io import read_events
+from pipelines.data.events_io import read_events
 from tests.conftest import REPO, make_events
 from tests.dashboard.conftest import FAILED_EXPECTATION
 
@@ -172,7 +172,7 @@ def test_item_explorer_shows_similar_items_and_audience(project: Path, monkeypat
 
 def test_explorers_warn_when_a_model_cannot_be_loaded(project: Path, monkeypatch: pytest.MonkeyPatch):
     from dashboard import ui
-    from pipelines.errors import ShoprecError
+    from pipelines.core.errors import ShoprecError
     from pipelines.serving.model import ServingModel
 
     def missing(cls: type, root: str, ref: str) -> ServingModel:

@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines.generate as gen
-from pipelines.config import SyntheticParams
-from pipelines.errors import ShoprecError
-from pipelines.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
+import pipelines.data.generate as gen
+from pipelines.core.config import SyntheticParams
+from pipelines.core.errors import ShoprecError
+from pipelines.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
 
 PARAMS = SyntheticParams(users=500, items=500, categories=10, events_per_user=30, days=7, seed=3)
 

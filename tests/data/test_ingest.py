@@ -15,11 +15,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines.ingest as ing
-from pipelines.config import SyntheticParams
-from pipelines.errors import DataError
-from pipelines.ingest import SourceSpec, ingest, parse_source
-from pipelines.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
+import pipelines.data.ingest as ing
+from pipelines.core.config import SyntheticParams
+from pipelines.core.errors import DataError
+from pipelines.data.ingest import SourceSpec, ingest, parse_source
+from pipelines.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
 
 TAOBAO_ROWS = [
     "1,10,100,pv,1511539200",
@@ -217,7 +217,7 @@ def test_synthetic_dispatches_to_generator(tmp_path: Path, monkeypatch: pytest.M
         manifest.write(out_dir)
         return manifest
 
-    monkeypatch.setitem(sys.modules, "pipelines.generate", types.SimpleNamespace(generate=fake_generate))
+    monkeypatch.setitem(sys.modules, "pipelines.data.generate", types.SimpleNamespace(generate=fake_generate))
     manifest = ingest("synthetic:users=50,seed=3", tmp_path / "out", synthetic=SyntheticParams(items=99))
     assert (seen[0].users, seen[0].seed, seen[0].items) == (50, 3, 99)
     assert Manifest.read(tmp_path / "out").source == manifest.source == "synthetic:users=50,seed=3"

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ValidateParams
-from pipelines.errors import DataError, ValidationFailed
-from pipelines.schema import EVENTS_SCHEMA, Manifest
-from pipelines.validate import _previous_rows, validate
+from pipelines.core.config import ValidateParams
+from pipelines.core.errors import DataError, ValidationFailed
+from pipelines.data.schema import EVENTS_SCHEMA, Manifest
+from pipelines.data.validate import _previous_rows, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SHOPREC_SHARED_DIR", ROOT.parent / "shared"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines.champion import Champion
-from pipelines.interactions import Interactions, Vocab
+from pipelines.evaluation.champion import Champion
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models import CoVisitation
 
 

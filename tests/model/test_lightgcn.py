@@ -6,8 +6,8 @@ import joblib
 import numpy as np
 import pytest
 
-from pipelines.interactions import Interactions, Vocab
-from pipelines.metrics import hit_rate_at_k
+from pipelines.evaluation.metrics import hit_rate_at_k
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.base import Targets
 from pipelines.models.lightgcn import LightGCN, LightGCNParams
 from pipelines.models.popularity import Popularity

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipelines.config import TrainParams
-from pipelines.interactions import Interactions, Vocab
+from pipelines.core.config import TrainParams
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models import CoVisitation, Popularity, build_model
 from tests.conftest import make_events
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features import Features
-from pipelines.interactions import Interactions, Vocab
-from pipelines.metrics import hit_rate_at_k
+from pipelines.data.split import leave_one_out
+from pipelines.evaluation.metrics import hit_rate_at_k
+from pipelines.features.encode import Features
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.base import Recommender
 from pipelines.models.popularity import Popularity
 from pipelines.models.sasrec import SASRec, SASRecParams, _full_softmax, last_items, training_sequences
-from pipelines.split import leave_one_out
 from tests.conftest import make_events
 
 N_USERS, N_ITEMS = 200, 30

@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.candidates import candidate_recall, generate_candidates, labels
-from pipelines.config import EvaluateParams, SplitParams, SyntheticParams, TrainParams
-from pipelines.evaluate import evaluate_models
-from pipelines.features import Features, load_features, run_features
-from pipelines.generate import generate
+from pipelines.core.config import EvaluateParams, SplitParams, SyntheticParams, TrainParams
+from pipelines.data.generate import generate
+from pipelines.data.split import run_split
+from pipelines.evaluation.evaluate import evaluate_models
+from pipelines.features.encode import Features, load_features, run_features
+from pipelines.features.ranking import FeatureContext, ItemInfo
 from pipelines.models import CoVisitation, Popularity, Transitions
-from pipelines.ranking_features import FeatureContext, ItemInfo
-from pipelines.split import run_split
-from pipelines.train import fit_models
+from pipelines.models.candidates import candidate_recall, generate_candidates, labels
+from pipelines.models.train import fit_models
 
 FAST = TrainParams(sources=["covisit", "itemcos", "transitions", "popularity", "category_popularity"],
                    rankers=["lightgbm"], n_per_source=30)

@@ -27,7 +27,7 @@ def dask_cluster() -> Iterator[object]:
 @pytest.fixture
 def on_dask(dask_cluster: object, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the engine at the test cluster for one test; returns the scheduler address."""
-    from pipelines.engine import ADDRESS_ENV
+    from pipelines.core.engine import ADDRESS_ENV
 
     address = dask_cluster.scheduler_address  # type: ignore[attr-defined]
     monkeypatch.setenv(ADDRESS_ENV, address)
@@ -36,6 +36,6 @@ def on_dask(dask_cluster: object, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def on_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.engine import ADDRESS_ENV
+    from pipelines.core.engine import ADDRESS_ENV
 
     monkeypatch.delenv(ADDRESS_ENV, raising=False)

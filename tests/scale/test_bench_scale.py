@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import bench_scale
-from pipelines.events_io import read_events
-from pipelines.generate import generate
-from pipelines.ingest import ingest
+from benchmarks import scale as bench_scale
+from pipelines.data.events_io import read_events
+from pipelines.data.generate import generate
+from pipelines.data.ingest import ingest
 
 
 def test_taobao_csv_ingests_back_to_the_generated_events(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import engine
-from pipelines.config import SplitParams, SyntheticParams
-from pipelines.events_io import read_events
-from pipelines.features import item_stats, run_features, user_stats
-from pipelines.generate import generate
-from pipelines.schema import EVENT_TYPES
-from pipelines.split import make_split
+from pipelines.core import engine
+from pipelines.core.config import SplitParams, SyntheticParams
+from pipelines.data.events_io import read_events
+from pipelines.data.generate import generate
+from pipelines.data.schema import EVENT_TYPES
+from pipelines.data.split import make_split
+from pipelines.features.encode import item_stats, run_features, user_stats
 
 COLUMNS = ["user_id", "item_id", "event_type"]
 KNOWN = [("fold", "!=", "test")]

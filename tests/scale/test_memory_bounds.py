@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import candidates
-from pipelines.config import SplitParams, SyntheticParams, TrainParams
-from pipelines.events_io import read_events
-from pipelines.generate import generate
-from pipelines.interactions import Interactions, Vocab
-from pipelines.models import build_source
-from pipelines.split import make_split
+from pipelines.core.config import SplitParams, SyntheticParams, TrainParams
+from pipelines.data.events_io import read_events
+from pipelines.data.generate import generate
+from pipelines.data.split import make_split
+from pipelines.features.interactions import Interactions, Vocab
+from pipelines.models import build_source, candidates
 
 
 def test_candidates_do_not_depend_on_the_cell_budget(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

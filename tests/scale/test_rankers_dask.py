@@ -8,7 +8,7 @@ import joblib
 import numpy as np
 import pytest
 
-from pipelines import engine
+from pipelines.core import engine
 from pipelines.rankers import Ranker, RankingData, build_ranker, ndcg_at_k_grouped
 from pipelines.rankers.distributed import early_stopped, group_partitions, to_dask
 from tests.model.test_rankers import PARAMS, make_data

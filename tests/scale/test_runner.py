@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from pipelines import engine
+from pipelines.core import engine
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from pipelines.config import SplitParams, SyntheticParams, TrainParams
-from pipelines.features import run_features
-from pipelines.generate import generate
-from pipelines.split import run_split
-from pipelines.train import run_train
+from pipelines.core.config import SplitParams, SyntheticParams, TrainParams
+from pipelines.data.generate import generate
+from pipelines.data.split import run_split
+from pipelines.features.encode import run_features
+from pipelines.models.train import run_train
 
 TINY = SyntheticParams(users=300, items=300, categories=8, events_per_user=30, seed=5)
 FAST = TrainParams(sources=["covisit", "transitions", "popularity", "category_popularity"], rankers=["lightgbm"],
@@ -52,7 +52,7 @@ def register(root: Path, model_dir: Path, metrics: dict[str, float] | None = Non
     """Log ``model_dir`` as a new registered version of ``shoprec`` in ``root``'s store and make it champion."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines import registry
+    from pipelines.registry import versions as registry
 
     reg = registry.client(root)
     found = reg.get_experiment_by_name(registry.EXPERIMENT)

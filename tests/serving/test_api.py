@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.events_io import read_events
+from pipelines.data.events_io import read_events
 from pipelines.serving import ServingModel
 from pipelines.serving.app import create_app
 from pipelines.serving.settings import Settings

@@ -14,8 +14,8 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from benchmarks.api_load import END, START, free_port, update_doc
 from pipelines.cli import app
-from pipelines.serving.loadgen import END, START, free_port, update_doc
 from tests.serving.conftest import Project
 
 

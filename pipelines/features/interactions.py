@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.schema import EVENT_TYPES
+from pipelines.data.schema import EVENT_TYPES
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.metrics import hit_rate_at_k
+from pipelines.evaluation.metrics import hit_rate_at_k
 from pipelines.models.base import Recommender, top_k
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.atomic import read_json, write_json
+from pipelines.core.atomic import read_json, write_json
 
 EVENT_TYPES: tuple[str, ...] = ("view", "cart", "fav", "purchase")
 

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.atomic import atomic_dir
-from pipelines.config import SyntheticParams
-from pipelines.errors import ShoprecError
-from pipelines.schema import EVENT_TYPES, EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
+from pipelines.core.atomic import atomic_dir
+from pipelines.core.config import SyntheticParams
+from pipelines.core.errors import ShoprecError
+from pipelines.data.schema import EVENT_TYPES, EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
 
 _RNG_BLOCK = 64  # users per random stream; the unit of determinism
 _WORLD_STREAM, _USER_STREAM = 0, 1

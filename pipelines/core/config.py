@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 
 
 class _Section(BaseModel):

@@ -31,10 +31,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-from pipelines.atomic import read_json, write_json
-from pipelines.config import Params
-from pipelines.errors import ShoprecError
-from pipelines.paths import Paths
+from pipelines.core.atomic import read_json, write_json
+from pipelines.core.config import Params
+from pipelines.core.errors import ShoprecError
+from pipelines.core.paths import Paths
 
 MODEL_NAME = "shoprec"
 EXPERIMENT = "shoprec"

@@ -1,6 +1,6 @@
 """Features stage: encode the split once (vocabulary, integer events, item and user statistics) for all models.
 
-The statistics are the engine-chosen part (``pipelines.engine``): pandas on one machine, Dask DataFrames over the
+The statistics are the engine-chosen part (``pipelines.core.engine``): pandas on one machine, Dask DataFrames over the
 split's Parquet when ``SHOPREC_DASK_ADDRESS`` names a cluster; one implementation serves both.
 """
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_dir, write_json
-from pipelines.engine import Frame, collect, read_parquet
-from pipelines.interactions import Interactions, Vocab
-from pipelines.schema import EVENT_TYPES
+from pipelines.core.atomic import atomic_dir, write_json
+from pipelines.core.engine import Frame, collect, read_parquet
+from pipelines.data.schema import EVENT_TYPES
+from pipelines.features.interactions import Interactions, Vocab
 
 
 @dataclass

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_dir, write_json
-from pipelines.config import SplitParams
-from pipelines.errors import ShoprecError
-from pipelines.events_io import read_events, read_items, write_items
+from pipelines.core.atomic import atomic_dir, write_json
+from pipelines.core.config import SplitParams
+from pipelines.core.errors import ShoprecError
+from pipelines.data.events_io import read_events, read_items, write_items
 
 FOLDS = ("train", "valid", "test")
 TARGET_COLUMNS = ["user_id", "item_id", "event_type"]

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

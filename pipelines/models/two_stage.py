@@ -17,13 +17,13 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipelines.candidates import Candidates, candidate_recall, generate_candidates, labels
-from pipelines.interactions import Interactions
-from pipelines.metrics import per_user_metrics
+from pipelines.evaluation.metrics import per_user_metrics
+from pipelines.features.interactions import Interactions
+from pipelines.features.ranking import FeatureContext, ItemInfo
 from pipelines.models.base import Recommender, Targets, top_k
+from pipelines.models.candidates import Candidates, candidate_recall, generate_candidates, labels
 from pipelines.rankers import Ranker
 from pipelines.rankers.base import RankingData
-from pipelines.ranking_features import FeatureContext, ItemInfo
 
 log = logging.getLogger(__name__)
 

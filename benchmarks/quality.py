@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from pipelines.atomic import atomic_file, write_json
-from pipelines.config import Params
+from pipelines.core.atomic import atomic_file, write_json
+from pipelines.core.config import Params
 
 # Published full-ranking test results on Amazon Beauty (README of ../shared/datasets/amazon-beauty): shown next to
 # ours for reference only; nothing is tuned on them.
@@ -118,12 +118,12 @@ def write_recommendations(path: Path, users: np.ndarray, recs: np.ndarray, vocab
 def run_benchmark(dataset: str, out_dir: Path, params: Params, command: str,
                   echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Ingest, validate, split (leave-one-out), train the two-stage model, evaluate; write the outputs."""
-    from pipelines.evaluate import evaluate_models
-    from pipelines.features import load_features, run_features
-    from pipelines.ingest import ingest
-    from pipelines.split import run_split
-    from pipelines.train import fit_models
-    from pipelines.validate import validate
+    from pipelines.data.ingest import ingest
+    from pipelines.data.split import run_split
+    from pipelines.data.validate import validate
+    from pipelines.evaluation.evaluate import evaluate_models
+    from pipelines.features.encode import load_features, run_features
+    from pipelines.models.train import fit_models
 
     work = out_dir / "work"
     clock = StageClock()

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_file, write_json
-from pipelines.champion import Champion
-from pipelines.config import EvaluateParams, SplitParams
-from pipelines.features import Features, load_features
-from pipelines.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
+from pipelines.core.atomic import atomic_file, write_json
+from pipelines.core.config import EvaluateParams, SplitParams
+from pipelines.evaluation.champion import Champion
+from pipelines.evaluation.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
+from pipelines.features.encode import Features, load_features
 from pipelines.models import Recommender
-from pipelines.train import EVAL_HISTORY, load_model
-from pipelines.two_stage import TwoStage, sample_users
+from pipelines.models.train import EVAL_HISTORY, load_model
+from pipelines.models.two_stage import TwoStage, sample_users
 
 COLD_START_MAX_EVENTS = 3  # users with fewer training events than this form the cold-start segment
 

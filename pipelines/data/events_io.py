@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.errors import DataError
-from pipelines.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, events_dir, items_path
+from pipelines.core.errors import DataError
+from pipelines.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, events_dir, items_path
 
 
 def read_events(dataset_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_dir, read_json, write_json
-from pipelines.config import GateParams
+from pipelines.core.atomic import atomic_dir, read_json, write_json
+from pipelines.core.config import GateParams
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``shoprec models list|show|promote|rollback``: the MLflow registry of ``shoprec`` (see ``pipelines.registry``).
+"""``shoprec models list|show|promote|rollback``: the MLflow registry of ``shoprec`` (``pipelines.registry.versions``).
 
 Mount with ``app.add_typer(models_app, name="models")``; errors are ``ShoprecError`` like every other command.
 """
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.errors import ShoprecError
+from pipelines.core.errors import ShoprecError
 
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="MLflow model registry of shoprec")
 RootOpt = Annotated[Path, typer.Option("--root", help="project root holding mlflow.db (or set MLFLOW_TRACKING_URI)")]
@@ -20,7 +20,7 @@ RootOpt = Annotated[Path, typer.Option("--root", help="project root holding mlfl
 @models_app.command("list")
 def list_(root: RootOpt = Path(".")) -> None:
     """Every version with its aliases and gate result."""
-    from pipelines.registry import list_versions
+    from pipelines.registry.versions import list_versions
 
     for v in list_versions(root):
         typer.echo(f"{v['version']:>4}  gate={v['gate'] or '-':<6}  {','.join(v['aliases']) or '-'}  run={v['run_id']}")
@@ -30,7 +30,7 @@ def list_(root: RootOpt = Path(".")) -> None:
 def show(ref: Annotated[str, typer.Argument(help="version number or alias (champion)")] = "champion",
          root: RootOpt = Path(".")) -> None:
     """One version as JSON, with its run's test metrics."""
-    from pipelines.registry import show as show_version
+    from pipelines.registry.versions import show as show_version
 
     typer.echo(json.dumps(show_version(ref, root), indent=2, default=str))
 
@@ -38,8 +38,8 @@ def show(ref: Annotated[str, typer.Argument(help="version number or alias (champ
 @models_app.command()
 def promote(version: Annotated[str, typer.Argument(help="version number")], root: RootOpt = Path(".")) -> None:
     """Make VERSION the champion; refused unless its gate passed."""
-    from pipelines.registry import promote as promote_version
-    from pipelines.registry import show as show_version
+    from pipelines.registry.versions import promote as promote_version
+    from pipelines.registry.versions import show as show_version
 
     if not promote_version(version, show_version(version, root)["gate"] == "passed", root):
         raise ShoprecError(f"version {version} failed its gate; champion unchanged")
@@ -49,6 +49,6 @@ def promote(version: Annotated[str, typer.Argument(help="version number")], root
 @models_app.command()
 def rollback(root: RootOpt = Path(".")) -> None:
     """Move champion back to the previous champion."""
-    from pipelines.registry import rollback as rollback_champion
+    from pipelines.registry.versions import rollback as rollback_champion
 
     typer.echo(f"champion -> version {rollback_champion(root)}")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.config import ValidateParams
-from pipelines.schema import EVENT_TYPES, REQUIRED_EVENT_COLUMNS
+from pipelines.core.config import ValidateParams
+from pipelines.data.schema import EVENT_TYPES, REQUIRED_EVENT_COLUMNS
 
 # Column added to the validated frame: how many events the row's user has (for the training-size check).
 USER_EVENTS = "user_events"

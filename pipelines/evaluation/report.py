@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.atomic import read_json
-from pipelines.paths import Paths
+from pipelines.core.atomic import read_json
+from pipelines.core.paths import Paths
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.interactions import Vocab
+from pipelines.features.interactions import Vocab
 from pipelines.models.base import Recommender
-from pipelines.train import load_model
-from pipelines.two_stage import TwoStage
+from pipelines.models.train import load_model
+from pipelines.models.two_stage import TwoStage
 
 
 @dataclass

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_dir, atomic_file
-from pipelines.errors import ShoprecError
+from pipelines.core.atomic import atomic_dir, atomic_file
+from pipelines.core.errors import ShoprecError
 
 
 def pull_pinned(root: str | Path, path: str, rev: str) -> dict[str, Any]:

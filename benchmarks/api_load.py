@@ -1,4 +1,4 @@
-"""API benchmark: ``python -m pipelines.serving.loadgen --root DIR`` (``make bench-api``).
+"""API benchmark: ``python -m benchmarks.api_load --root DIR`` (``make bench-api``).
 
 Starts ``shoprec serve`` in a subprocess on 127.0.0.1 and drives it from another process (so the load generator
 and the server each get a core):
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.atomic import atomic_file, write_json
-from pipelines.errors import ShoprecError
+from pipelines.core.atomic import atomic_file, write_json
+from pipelines.core.errors import ShoprecError
 
 START, END = "<!-- api-benchmark:start -->", "<!-- api-benchmark:end -->"
 NEW_USER_SHARE = 0.05
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here (default ROOT/reports)")
     parser.add_argument("--doc", type=Path, default=None, help="markdown file with the api-benchmark markers")
     args = parser.parse_args(argv)
-    command = "python -m pipelines.serving.loadgen " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.api_load " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         result = run_benchmark(args.root.resolve(), args.rate, args.duration, args.saturate, args.connections, args.k)
     except ShoprecError as exc:

@@ -1,6 +1,6 @@
 """Scale benchmark: N synthetic Taobao-like events through ingest -> evaluate on one machine, stage by stage.
 
-``python -m pipelines.bench_scale --events 10000000 --out outputs/bench-scale-10000000`` (``make bench-scale``):
+``python -m benchmarks.scale --events 10000000 --out outputs/bench-scale-10000000`` (``make bench-scale``):
 
 1. writes a Tianchi UserBehavior CSV (``user,item,category,pv|cart|fav|buy,unix seconds``) from the embedded
    generator, sized to ``--events`` with Taobao-like ratios (40 events per user, one item per 40 events);
@@ -37,9 +37,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.config import SyntheticParams
-from pipelines.ingest import TAOBAO_WINDOW
-from pipelines.schema import EVENT_TYPES, events_dir
+from pipelines.core.config import SyntheticParams
+from pipelines.data.ingest import TAOBAO_WINDOW
+from pipelines.data.schema import EVENT_TYPES, events_dir
 
 STAGES = ("ingest", "validate", "split", "features", "train", "evaluate")
 EVENTS_PER_USER = 40  # the real Taobao log: 100M events of ~1M users
@@ -78,7 +78,7 @@ def synthetic_params(events: int, seed: int = 7) -> SyntheticParams:
 
 def write_taobao_csv(params: SyntheticParams, out_csv: Path) -> int:
     """Generate the events and write them as a header-less Taobao CSV (numeric ids, unix seconds); rows written."""
-    from pipelines.generate import generate
+    from pipelines.data.generate import generate
 
     parquet_dir = out_csv.parent / "generated"
     shutil.rmtree(parquet_dir, ignore_errors=True)
@@ -264,7 +264,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         "Each size: the generator writes a Taobao UserBehavior CSV (40 events per user, one catalogue item per 40",
         "events, one leaf category per 440 items, the 9 days of the Taobao window); then every stage runs as its",
         "own `shoprec STAGE --root OUT --params OUT/params.yaml` process. Wall time per process; peak RSS from",
-        "`os.wait4` (that process alone). Profile applied to `params.yaml` (`pipelines/bench_scale.py`, `PROFILE`):",
+        "`os.wait4` (that process alone). Profile applied to `params.yaml` (`benchmarks/scale.py`, `PROFILE`):",
         "",
         *[f"- `{section}.{key}: {json.dumps(value)}`" for section, values in PROFILE.items()
           for key, value in values.items()],
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps(stored, indent=2) + "\n")
         print(f"total {result['total_seconds']} s, max peak RSS {result['max_peak_rss_mb']} MB, "
               f"complete={result['complete']}")
-    command = "make bench-scale EVENTS=N   # = .venv/bin/python -m pipelines.bench_scale --events N " \
+    command = "make bench-scale EVENTS=N   # = .venv/bin/python -m benchmarks.scale --events N " \
               "--out outputs/bench-scale-N"
     update_doc(args.doc, render(list(stored.values()), command))
     return 0

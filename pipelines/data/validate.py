@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.atomic import atomic_dir, atomic_file, write_json
-from pipelines.config import ValidateParams
-from pipelines.errors import DataError, ShoprecError, ValidationFailed
-from pipelines.expectations import (
+from pipelines.core.atomic import atomic_dir, atomic_file, write_json
+from pipelines.core.config import ValidateParams
+from pipelines.core.errors import DataError, ShoprecError, ValidationFailed
+from pipelines.data.expectations import (
     DUPLICATE_KEY,
     IN_CATALOGUE,
     USER_EVENTS,
@@ -32,7 +32,7 @@ from pipelines.expectations import (
     build_checks,
     run_checks,
 )
-from pipelines.schema import EVENTS_SCHEMA, Manifest, events_dir, items_path
+from pipelines.data.schema import EVENTS_SCHEMA, Manifest, events_dir, items_path
 
 
 @dataclass

@@ -8,12 +8,12 @@ from pathlib import Path
 import joblib
 import pandas as pd
 
-from pipelines.atomic import atomic_dir, write_json
-from pipelines.config import TrainParams
-from pipelines.features import Features, load_features
+from pipelines.core.atomic import atomic_dir, write_json
+from pipelines.core.config import TrainParams
+from pipelines.features.encode import Features, load_features
+from pipelines.features.ranking import ItemInfo
 from pipelines.models import Popularity, Recommender, build_model, build_source
-from pipelines.ranking_features import ItemInfo
-from pipelines.two_stage import RunJobs, TwoStage
+from pipelines.models.two_stage import RunJobs, TwoStage
 
 EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on test targets
 ALL_EVENTS = ("train", "valid", "test")
@@ -21,7 +21,7 @@ ALL_EVENTS = ("train", "valid", "test")
 
 def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = True,
                   run_jobs: RunJobs | None = None) -> TwoStage:
-    """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.two_stage``)."""
+    """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.models.two_stage``)."""
     from pipelines.rankers import build_ranker
 
     known = features.events[features.events["fold"] != "test"]

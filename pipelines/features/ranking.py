@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.candidates import Candidates
-from pipelines.interactions import Interactions, Vocab
-from pipelines.schema import EVENT_TYPES
+from pipelines.data.schema import EVENT_TYPES
+from pipelines.features.interactions import Interactions, Vocab
+from pipelines.models.candidates import Candidates
 
 MAX_ATTRIBUTES = 16  # per item; more are truncated (keeps the gather table small)
 RECENT_ITEMS = 10  # the user's recent items whose attributes form the user's taste profile

@@ -1,4 +1,4 @@
-"""Convert a raw source into a canonical data set directory (see ``pipelines.schema``).
+"""Convert a raw source into a canonical data set directory (see ``pipelines.data.schema``).
 
 A SOURCE is ``kind:PATH[,key=value...]``:
 
@@ -7,7 +7,7 @@ A SOURCE is ``kind:PATH[,key=value...]``:
 - ``seqfile:PATH[,attributes=PATH]``  one user per line, items in time order (Amazon Beauty format)
 - ``csv:PATH[,user_id=COL,...,ts_unit=s|ms|iso,header=true|false,sep=C,map=src:dst;...]``  generic CSV
 - ``parquet:PATH[,user_id=COL,...,ts_unit=s|ms|iso,map=...]``  generic Parquet file or directory
-- ``synthetic[:key=value,...]``  the embedded generator (``pipelines.generate``)
+- ``synthetic[:key=value,...]``  the embedded generator (``pipelines.data.generate``)
 
 CSV and sequence inputs may be gzip or zip compressed. Every input is streamed in chunks, so memory stays
 bounded however large the file is; bad input raises ``DataError`` naming the file and line, and leaves no output.
@@ -32,11 +32,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from pipelines.atomic import atomic_dir
-from pipelines.config import SyntheticParams
-from pipelines.csv_stream import Chunk, Input, first_row, iter_csv, open_input, require_file
-from pipelines.errors import DataError
-from pipelines.schema import (
+from pipelines.core.atomic import atomic_dir
+from pipelines.core.config import SyntheticParams
+from pipelines.core.errors import DataError
+from pipelines.data.csv_stream import Chunk, Input, first_row, iter_csv, open_input, require_file
+from pipelines.data.schema import (
     EVENT_TYPES,
     EVENTS_SCHEMA,
     ITEMS_SCHEMA,
@@ -254,7 +254,7 @@ def _require_inputs(spec: SourceSpec) -> None:
 
 
 def _ingest_synthetic(spec: SourceSpec, source: str, out_dir: Path, progress: bool, base: SyntheticParams) -> Manifest:
-    from pipelines.generate import generate  # lazy: only synthetic sources need the generator
+    from pipelines.data.generate import generate  # lazy: only synthetic sources need the generator
 
     try:
         params = SyntheticParams.model_validate(base.model_dump() | spec.options)

@@ -1,0 +1,1 @@
+"""Data: the canonical schema, source adapters (ingest), the generator, Great Expectations validation and splits."""
