@@ -22,18 +22,39 @@ import psutil
 from pipelines.core.atomic import atomic_file, write_json
 from pipelines.core.config import Params
 
-# Published full-ranking test results on Amazon Beauty (README of ../shared/datasets/amazon-beauty): shown next to
-# ours for reference only; nothing is tuned on them.
-PUBLISHED_BEAUTY = [
-    ("PopRec", 0.0152, 0.0068, 0.0217, 0.0084),
-    ("GRU4Rec", 0.0283, 0.0137, 0.0479, 0.0187),
-    ("BERT4Rec", 0.0347, 0.0170, 0.0599, 0.0233),
-    ("SASRec", 0.0605, 0.0318, 0.0902, 0.0394),
-    ("S3-Rec", 0.0647, 0.0327, 0.0994, 0.0414),
-    ("ICLRec", 0.0744, 0.0403, 0.1058, 0.0483),
-    ("tuned transformer re-runs", 0.085, 0.044, None, None),
-    ("transition + item-cosine heuristic", 0.0805, 0.0543, None, None),
-]
+README = "README.md"
+
+
+def published_results(dataset: str) -> tuple[list[str], list[list[str]]]:
+    """The published-results table of the data set's own README (header, rows), or nothing.
+
+    Reference rows belong to the data set they were published for: they are read from the first markdown table
+    under a heading starting with "Published" in the README beside the input file, with the source column as
+    written there. A data set without such a README shows no reference rows. Nothing is tuned on them.
+    """
+    kind, sep, rest = dataset.partition(":")
+    if not sep:
+        return [], []
+    readme = Path(rest.split(",")[0]).parent / README
+    if not readme.is_file():
+        return [], []
+    header: list[str] = []
+    rows: list[list[str]] = []
+    in_section = False
+    for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#"):
+            if rows:
+                break
+            in_section = line.lstrip("#").strip().lower().startswith("published")
+        elif in_section and line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not header:
+                header = cells
+            elif not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif rows:
+            break
+    return header, rows
 
 
 class StageClock:
@@ -92,10 +113,11 @@ def markdown(command: str, test: dict[str, Any], clock: StageClock, dataset: str
     ]
     for name, *vals in sorted(_table_rows(test), key=lambda r: -r[2]):
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
-    lines += ["", "Published full-ranking results on Amazon Beauty, for reference:", "",
-              "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 |", "| --- | --- | --- | --- | --- |"]
-    for name, *vals in PUBLISHED_BEAUTY:
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
+    header, rows = published_results(dataset)
+    if rows:
+        lines += ["", f"Published results on this data set, for reference (from its {README}):", "",
+                  "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "| stage | seconds | peak RSS (MB) |", "| --- | --- | --- |"]
     lines += [f"| {r['stage']} | {r['seconds']} | {r['peak_rss_mb']} |" for r in clock.records]
     return "\n".join(lines) + "\n"

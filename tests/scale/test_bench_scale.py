@@ -81,3 +81,12 @@ def test_update_doc_rewrites_only_the_marked_section(tmp_path: Path) -> None:
     doc.write_text("no markers")
     with pytest.raises(SystemExit):
         bench_scale.update_doc(doc, section)
+
+
+def test_memory_flag_uses_the_measured_ram_of_the_machine_that_ran() -> None:
+    results = [fake_result(1_000_000), fake_result(3_000_000)]
+    projected = bench_scale.projection(results)["stages"]["evaluate"]["peak_gb"]  # 9.9 GB at 100M
+    results[-1]["memory_gb"] = max(1, int(projected) - 1)
+    assert f"| {projected} (over this machine's RAM) |" in bench_scale.render(results, "cmd")
+    results[-1]["memory_gb"] = int(projected) + 100
+    assert "(over this machine's RAM) |" not in bench_scale.render(results, "cmd")
