@@ -57,7 +57,7 @@ def test_flow_trains_registers_and_promotes(training: Callable[..., Any], tmp_pa
     from pipelines.registry import versions as registry
 
     root = project(tmp_path / "project")
-    monkeypatch.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest._inputs_md5)
+    monkeypatch.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest.sink)
     result = training(root=str(root))
     assert result["status"] == "promoted", result
     assert registry.show("champion")["version"] == result["version"]

@@ -45,7 +45,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["evaluate"]["bootstrap_samples"] = 100
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as env:
-        env.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest._inputs_md5)
+        env.chdir(root)  # a synthetic ingest hashes the working directory (see pipelines.data.ingest.sink)
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         env.setenv("TQDM_DISABLE", "1")
         _pipeline(root, [])

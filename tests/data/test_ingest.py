@@ -15,10 +15,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines.data.ingest as ing
+import pipelines.data.ingest.adapters as adapters
 from pipelines.core.config import SyntheticParams
 from pipelines.core.errors import DataError
-from pipelines.data.ingest import SourceSpec, ingest, parse_source
+from pipelines.data.ingest import TAOBAO_WINDOW, SourceSpec, ingest, parse_source
 from pipelines.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
 
 TAOBAO_ROWS = [
@@ -101,7 +101,7 @@ def test_taobao_happy_path(tmp_path: Path) -> None:
     assert events["ts"].iloc[0] == pd.Timestamp("2017-11-24T16:00:00Z")
     assert manifest == Manifest.read(tmp_path / "out")
     assert (manifest.source, manifest.rows, manifest.users, manifest.items) == (f"taobao:{src}", 5, 3, 3)
-    assert (manifest.window_start, manifest.window_end) == ing.TAOBAO_WINDOW
+    assert (manifest.window_start, manifest.window_end) == TAOBAO_WINDOW
     assert not items_path(tmp_path / "out").exists()
 
 
@@ -244,7 +244,7 @@ def test_compressed_inputs(tmp_path: Path, name: str) -> None:
 
 
 def test_streaming_writes_parts_of_chunk_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ing, "_MIN_BLOCK_BYTES", 256)  # many small CSV blocks, as on a multi-GB file
+    monkeypatch.setattr(adapters, "_MIN_BLOCK_BYTES", 256)  # many small CSV blocks, as on a multi-GB file
     src = taobao_file(tmp_path, many_rows(100))
     manifest = ingest(f"taobao:{src}", tmp_path / "small", chunk_rows=30, progress=True)
     parts = sorted(events_dir(tmp_path / "small").glob("*.parquet"))
@@ -302,7 +302,7 @@ def test_bad_taobao_input(tmp_path: Path, case: str, content: list[str] | bytes 
 
 
 def test_errors_deep_in_a_stream_name_the_right_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ing, "_MIN_BLOCK_BYTES", 256)
+    monkeypatch.setattr(adapters, "_MIN_BLOCK_BYTES", 256)
     rows = many_rows(200)
     rows[149] = "1,2,3,pv"
     with pytest.raises(DataError, match=r"ub\.csv:150: expected 5 columns, found 4"):
