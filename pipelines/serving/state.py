@@ -1,0 +1,169 @@
+"""What the API serves: one model reference, swapped only for a fully loaded and warmed-up model, with the
+response cache (and its keys), the event log, registry polling and the background tasks of the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+
+from pipelines.core.errors import ShoprecError
+from pipelines.serving.cache import Cache, make_cache
+from pipelines.serving.events import EventLog
+from pipelines.serving.model import ServingModel, registry_available
+from pipelines.serving.schemas import ReloadOut
+from pipelines.serving.settings import Settings
+from pipelines.serving.store import MANIFEST_FILE, attach_store
+
+log = logging.getLogger(__name__)
+
+SEP = "\x1f"  # cache key separator: ids cannot contain control characters
+
+
+def user_key(model: ServingModel, user_id: str, k: int, exclude_seen: bool, category: str | None) -> str:
+    """Cache key of a user list: model and rules included, so a reload or new rules never serve old bodies."""
+    return SEP.join(("u", model.model_id, str(model.version), model.rules_key, user_id, str(k), str(int(exclude_seen)),
+                     category or ""))
+
+
+def similar_key(model: ServingModel, item_id: str, k: int) -> str:
+    return SEP.join(("s", model.model_id, str(model.version), model.rules_key, item_id, str(k)))
+
+
+class ServingState:
+    """The served model (one reference), the cache, the event log and the reload machinery."""
+
+    def __init__(self, settings: Settings, model: ServingModel | None):
+        self.settings = settings
+        self.model = model
+        self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
+        self.events = EventLog(settings.events_path)
+        self.load_error: str | None = None
+        self.rules_mtime = settings.rules_mtime()
+        self._reload_lock = asyncio.Lock()
+        self._registry: Any = None  # MlflowClient, created on the first poll
+        self._store_mtime: float | None = None
+
+    def current(self) -> ServingModel:
+        model = self.model
+        if model is None:
+            raise HTTPException(503, f"no model loaded yet{': ' + self.load_error if self.load_error else ''}")
+        return model
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """The app's background work: the first load (unless a model was given) and the registry poll."""
+        tasks = []
+        if self.model is None:
+            tasks.append(asyncio.create_task(self._initial_load()))
+        if self.settings.reload_poll_s > 0:
+            tasks.append(asyncio.create_task(self.poll(self.settings.reload_poll_s)))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.cache.close()
+
+    async def _initial_load(self) -> None:
+        """Load at start-up without blocking the server: /healthz answers at once, /readyz once loaded."""
+        try:
+            await self.reload(force=True)
+        except Exception:  # logged by reload(); the poll (or an admin reload) tries again
+            return
+
+    def _load(self) -> ServingModel:
+        """Load, attach the store and warm up (blocking: runs in a worker thread)."""
+        s = self.settings
+        rules = s.rules()
+        if s.model_dir is not None:
+            model = ServingModel.load(s.model_dir, rules=rules)
+        elif registry_available(s.root):
+            model = ServingModel.from_registry(s.root, s.model_ref, rules)
+            self._registry_version()  # creates the polling client now, not in the middle of traffic
+        elif (s.root / "models" / "champion" / "serving.joblib").exists():
+            log.warning("no model registry under %s: serving models/champion", s.root)
+            model = ServingModel.load(s.root / "models" / "champion", rules=rules)
+        else:
+            raise ShoprecError(f"nothing to serve under {s.root.resolve()}: no registry and no models/champion")
+        attach_store(model, s.store_path)
+        model.warm_up()
+        return model
+
+    def _registry_version(self) -> str | None:
+        """The version the configured ref points at now (None when not serving from the registry).
+
+        One alias lookup on a kept client (about 2 ms): polls run beside the requests and share their interpreter.
+        """
+        s = self.settings
+        if s.model_dir is not None or not registry_available(s.root):
+            return None
+        if s.model_ref.isdigit():
+            return s.model_ref
+        from pipelines.registry import versions as registry
+
+        if self._registry is None:
+            self._registry = registry.client(s.root)
+        return str(self._registry.get_model_version_by_alias(registry.MODEL_NAME, s.model_ref).version)
+
+    async def reload(self, force: bool = False) -> ReloadOut:
+        """Load the configured model if it differs from the served one, then swap it in with one assignment."""
+        async with self._reload_lock:
+            old = self.model
+            previous = old.version if old is not None else None
+            try:
+                if old is not None and not force:
+                    target = await asyncio.to_thread(self._registry_version)
+                    if target is None or target == old.version:
+                        return ReloadOut(version=previous, previous_version=previous, reloaded=False)
+                new = await asyncio.to_thread(self._load)
+            except Exception as exc:  # anything: the old model keeps serving
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.error("model load failed, still serving version %s: %s", previous, self.load_error)
+                raise
+            self.load_error = None
+            self.model = new
+            del old  # the replaced model may now be collected
+            await asyncio.to_thread(_settle_heap)
+            log.warning("serving model version %s (id %s), previous %s", new.version, new.model_id, previous)
+            return ReloadOut(version=new.version, previous_version=previous, reloaded=True)
+
+    async def refresh(self) -> None:
+        """One poll: a newly promoted version, changed blocked items, or a store written for the served model."""
+        model = self.model
+        if model is None:
+            await self.reload(force=True)
+            return
+        await self.reload()
+        mtime = self.settings.rules_mtime()
+        if mtime != self.rules_mtime:
+            rules = await asyncio.to_thread(self.settings.rules)
+            self.rules_mtime = mtime
+            self.model = self.model.with_rules(rules) if self.model is not None else None
+            log.warning("business rules reloaded: %d blocked items", len(rules.blocked))
+        current = self.model
+        manifest = self.settings.store_path / MANIFEST_FILE
+        store_mtime = manifest.stat().st_mtime if manifest.exists() else None
+        if current is not None and current.store is None and store_mtime != self._store_mtime:
+            self._store_mtime = store_mtime  # a store is (re)considered only when a new one is written
+            await asyncio.to_thread(attach_store, current, self.settings.store_path)
+
+    async def poll(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # a broken registry must not stop the polling (or the API)
+                log.warning("refresh failed: %s: %s", type(exc).__name__, exc)
+
+
+def _settle_heap() -> None:
+    """Collect the replaced model once, then freeze the survivors (the served model: millions of long-lived
+    objects) out of the collector's full passes, which would otherwise stall requests for tens of milliseconds."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
