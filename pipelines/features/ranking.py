@@ -32,17 +32,14 @@ class ItemInfo:
     @classmethod
     def build(cls, vocab: Vocab, items: pd.DataFrame | None, events: pd.DataFrame) -> ItemInfo:
         n = len(vocab.items)
-        with_cat = events.dropna(subset=["category_id"]).drop_duplicates("item_id")
-        cat_by_item = with_cat.set_index("item_id")["category_id"]
         attrs = pd.Series([[] for _ in range(n)], index=vocab.items, dtype=object)
         if items is not None:
             known = items.set_index("item_id")
-            cat_by_item = known["category_id"].dropna().combine_first(cat_by_item)
             if "attributes" in known:
                 present = known["attributes"].dropna()
                 present = present[present.index.isin(vocab.items)]
                 attrs.loc[present.index] = present.map(list)
-        cats = pd.Categorical(cat_by_item.reindex(vocab.items))
+        cats = pd.Categorical(item_categories(vocab.items, items, events))
         flat = attrs.map(lambda a: list(a)[:MAX_ATTRIBUTES])
         codes = pd.Categorical([a for row in flat for a in row])
         table = np.full((n, MAX_ATTRIBUTES), -1, dtype=np.int64)
@@ -52,6 +49,19 @@ class ItemInfo:
         table[rows, cols] = codes.codes
         return cls(category=np.asarray(cats.codes, dtype=np.int64), attributes=table,
                    n_categories=len(cats.categories), n_attributes=len(codes.categories))
+
+
+def item_categories(item_ids: np.ndarray, items: pd.DataFrame | None, events: pd.DataFrame) -> pd.Series:
+    """The category of each of ``item_ids`` (NaN unknown): the catalogue's, else that of the item's latest event.
+
+    An item that moved category is shown under the new one, so the latest event (by ``ts``) wins. The ranking
+    features (``ItemInfo``) and the model's catalogue for serving filters both take categories from here.
+    """
+    latest = events.dropna(subset=["category_id"]).sort_values("ts", kind="stable")
+    category = latest.drop_duplicates("item_id", keep="last").set_index("item_id")["category_id"]
+    if items is not None:
+        category = items.set_index("item_id")["category_id"].dropna().combine_first(category)
+    return category.reindex(item_ids)
 
 
 def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pandas as pd
 from pipelines.core.atomic import atomic_dir, write_json
 from pipelines.core.config import TrainParams
 from pipelines.features.encode import Features, load_features
-from pipelines.features.ranking import ItemInfo
+from pipelines.features.ranking import ItemInfo, item_categories
 from pipelines.models import Popularity, Recommender, build_model, build_source
 from pipelines.models.two_stage import RunJobs, TwoStage
 
@@ -80,12 +80,8 @@ def run_train(
 
 def catalogue(features: Features) -> pd.DataFrame:
     """Every item the model ranks, in code order, with its category (for serving filters and explanations)."""
-    by_item = features.events.dropna(subset=["category_id"]).drop_duplicates("item_id", keep="last")
-    category = by_item.set_index("item_id")["category_id"]
-    if features.items is not None:
-        category = features.items.set_index("item_id")["category_id"].dropna().combine_first(category)
-    return pd.DataFrame({"item_id": features.vocab.items,
-                         "category_id": category.reindex(features.vocab.items).to_numpy()})
+    category = item_categories(features.vocab.items, features.items, features.events)
+    return pd.DataFrame({"item_id": features.vocab.items, "category_id": category.to_numpy()})
 
 
 def load_model(model_dir: str | Path, name: str = "serving") -> Recommender:
