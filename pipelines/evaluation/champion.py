@@ -15,7 +15,6 @@ import numpy as np
 from pipelines.features.interactions import Vocab
 from pipelines.models.base import Recommender
 from pipelines.models.train import load_model
-from pipelines.models.two_stage import TwoStage
 
 
 @dataclass
@@ -36,10 +35,7 @@ class Champion:
         out = np.full((len(users), k), -1, dtype=np.int64)
         if not known.any():
             return out
-        if isinstance(self.model, TwoStage):
-            recs = self.model.recommend_all(codes[known], k)[f"ranker:{self.model.ranker_name_}"]
-        else:
-            recs, _ = self.model.recommend(codes[known], k, exclude_seen=exclude_seen)
+        recs = self.model.rank(codes[known], k, exclude_seen).items
         mapped = np.full(recs.shape, -1, dtype=np.int64)
         valid = recs >= 0
         mapped[valid] = vocab.item_codes(own.items[recs[valid]])

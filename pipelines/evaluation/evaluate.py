@@ -16,13 +16,26 @@ from pipelines.evaluation.metrics import coverage, novelty, paired_bootstrap_ci,
 from pipelines.features.encode import Features, load_features
 from pipelines.models import Recommender
 from pipelines.models.train import EVAL_HISTORY, load_model
-from pipelines.models.two_stage import TwoStage, sample_users
+from pipelines.models.two_stage import sample_users
 
 COLD_START_MAX_EVENTS = 3  # users with fewer training events than this form the cold-start segment
 
 
 def _summary(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: round(float(v.mean()), 6) if len(v) else 0.0 for name, v in per_user.items()}
+
+
+def _building_blocks(model: Recommender, users: np.ndarray, targets: list[np.ndarray], k: int, exclude_seen: bool,
+                     ks: list[int]) -> dict[str, Any]:
+    """``components``: metrics of each source and ranker on its own, for a model built of several; ``validation``:
+    what fitting measured (e.g. the ranker selection), when it measured anything."""
+    out: dict[str, Any] = {}
+    lists = model.component_lists(users, k, exclude_seen)
+    if len(lists) > 1:  # a single source's one list is the model's own, already reported
+        out["components"] = {part: _summary(per_user_metrics(r, targets, ks)) for part, r in lists.items()}
+    if model.report:
+        out["validation"] = model.report
+    return out
 
 
 def evaluate_models(
@@ -46,21 +59,16 @@ def evaluate_models(
     report: dict[str, Any] = {"fold": fold, "users": int(len(users)), "users_with_targets": int(len(all_users)),
                               "cold_start_users": int(cold.sum()), "purchase_users": int(len(p_users)), "models": {}}
     per_user_all: dict[str, dict[str, np.ndarray]] = {}
+    k = max(params.ks)
     for name, model in models.items():
         start = time.perf_counter()
         if isinstance(model, Champion):
-            recs = model.lists(features.vocab, users, max(params.ks), exclude_seen)
-        elif isinstance(model, TwoStage):
-            # one pass gives the chosen ranker's lists and every other ranker's and source's, for comparison
-            lists = model.recommend_all(users, max(params.ks))
-            recs = lists[f"ranker:{model.ranker_name_}"]
-            report["components"] = {
-                part: _summary(per_user_metrics(r, targets, params.ks)) for part, r in lists.items()
-            }
-            report["validation"] = model.report_
+            recs = model.lists(features.vocab, users, k, exclude_seen)
         else:
-            recs, _ = model.recommend(users, max(params.ks), exclude_seen=exclude_seen)
-        elapsed = time.perf_counter() - start
+            recs = model.rank(users, k, exclude_seen).items  # the served path: the lists the API would give
+        elapsed = time.perf_counter() - start  # timed alone: evaluating every building block is not serving
+        if isinstance(model, Recommender):
+            report |= _building_blocks(model, users, targets, k, exclude_seen, params.ks)
         per_user = per_user_all[name] = per_user_metrics(recs, targets, params.ks)
         if lists_out is not None:
             lists_out[name], lists_out["users"] = recs, users
@@ -69,7 +77,7 @@ def evaluate_models(
             "cold_start": _summary({m: v[cold] for m, v in per_user.items()}),
             "coverage": round(coverage(recs, history.n_items), 6),
             "novelty": round(novelty(recs, popularity), 4),
-            # batch scoring time per user (for a two-stage model it includes scoring every ranker and source)
+            # batch scoring time per user of the served path (a two-stage model: the chosen ranker only)
             "ms_per_user": round(1000 * elapsed / max(len(users), 1), 3),
         }
         if len(p_users):

@@ -1,11 +1,11 @@
-"""Candidate sources and rankers, all behind ``Recommender`` (fit on history, score users)."""
+"""Candidate sources and two-stage models, all behind ``Recommender`` (fit on history, score and rank users)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from pipelines.core.config import TrainParams
-from pipelines.models.base import Recommender
+from pipelines.models.base import Ranked, Recommender
 from pipelines.models.covisit import CoVisitation
 from pipelines.models.itemcos import ItemCosine
 from pipelines.models.popularity import CategoryPopularity, Popularity
@@ -49,6 +49,6 @@ def build_model(params: TrainParams) -> Recommender:
                         params.popularity_half_life_days)
 
 
-__all__ = ["Recommender", "Popularity", "CategoryPopularity", "CoVisitation", "ItemCosine", "Transitions",
+__all__ = ["Ranked", "Recommender", "Popularity", "CategoryPopularity", "CoVisitation", "ItemCosine", "Transitions",
            "RandomRecommender",
            "build_model", "build_source"]

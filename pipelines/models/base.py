@@ -1,9 +1,17 @@
-"""The one shape every candidate source and ranker has: ``fit(history)`` then ``score(users)``."""
+"""The one shape every candidate source and two-stage model has: ``fit(history)``, ``score(users)``, ``rank(users, k)``.
+
+``rank`` is the single path from a fitted model to top-k lists: evaluation scores it, the serving store precomputes
+it and the API serves it, so the list the gate passed is the list users get. Everything a caller needs beyond the
+lists is a public capability of the model (``score_sequence`` for session lists, ``pair_strength`` and ``related``
+for explanations and similar items, ``component_lists`` and ``report`` for evaluation); a model that cannot do
+something says so through that capability, never through the caller testing its type.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -11,6 +19,8 @@ from pipelines.features.interactions import Interactions
 
 # Validation targets for early stopping: user codes and, per user, the target item codes.
 Targets = tuple[np.ndarray, list[np.ndarray]]
+
+RECENT_ITEMS = 10  # how far back an explanation ("because you viewed X") looks for the most related item
 
 
 def top_k(scores: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -37,10 +47,85 @@ def top_k(scores: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.n
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
+def pad_columns(values: np.ndarray, k: int, fill: float) -> np.ndarray:
+    """``values`` cut or padded with ``fill`` to exactly k columns (lists of tiny catalogues or pools are shorter)."""
+    if values.shape[1] >= k:
+        return values[:, :k]
+    return np.pad(values, ((0, 0), (0, k - values.shape[1])), constant_values=fill)
+
+
+@dataclass
+class Ranked:
+    """Top-k lists of a batch of users, best first, each item with the component that proposed it and why."""
+
+    items: np.ndarray  # int64 (n, k) item codes; -1 pads rows with fewer than k rankable items
+    scores: np.ndarray  # float32 (n, k) the score that ordered the list; -inf at padding
+    sources: np.ndarray  # int16 (n, k) index into the model's ``source_names`` of the proposer; -1 at padding
+    related: np.ndarray  # int64 (n, k) the user's recent item that explains the item (item-to-item sources), else -1
+
+    @classmethod
+    def concat(cls, parts: list[Ranked], k: int) -> Ranked:
+        """The rows of ``parts`` in order (an empty batch of k columns when there are none)."""
+        if not parts:
+            return cls(np.full((0, k), -1, dtype=np.int64), np.full((0, k), -np.inf, dtype=np.float32),
+                       np.full((0, k), -1, dtype=np.int16), np.full((0, k), -1, dtype=np.int64))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "sources", "related")))
+
+
+def recent_items(history: Interactions, users: np.ndarray, n: int = RECENT_ITEMS) -> np.ndarray:
+    """(len(users), n) each user's latest item codes in ``history``, newest first, -1 padded."""
+    bounds, items = history.user_bounds, history.item
+    back = bounds[users + 1][:, None] - 1 - np.arange(n)[None]
+    valid = back >= bounds[users][:, None]
+    if not len(items):
+        return np.full(back.shape, -1, dtype=np.int64)
+    return np.where(valid, items[np.clip(back, 0, len(items) - 1)], -1).astype(np.int64)
+
+
+def sequence_recent(items: np.ndarray, n: int = RECENT_ITEMS) -> np.ndarray:
+    """(1, n) the latest item codes of one sequence (oldest first in ``items``), newest first, -1 padded."""
+    out = np.full((1, n), -1, dtype=np.int64)
+    tail = np.asarray(items, dtype=np.int64)[::-1][:n]
+    out[0, : len(tail)] = tail
+    return out
+
+
+def explain(components: list[Recommender], recent: np.ndarray, items: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """For items proposed by a component that relates items, the recent item (row of ``recent``) most related to it.
+
+    ``sources`` index ``components``; the result is -1 where no recent item relates to the listed item at all.
+    """
+    related = np.full(items.shape, -1, dtype=np.int64)
+    for index, component in enumerate(components):
+        if not component.relates_items:
+            continue
+        rows, cols = np.nonzero(sources == index)
+        if not len(rows):
+            continue
+        anchors = recent[rows]  # (m, RECENT_ITEMS)
+        targets = np.repeat(items[rows, cols][:, None], anchors.shape[1], axis=1)
+        strength = component.pair_strength(anchors.ravel(), targets.ravel()).reshape(anchors.shape)
+        best = strength.argmax(axis=1)
+        found = strength[np.arange(len(rows)), best] > 0
+        related[rows[found], cols[found]] = anchors[found, best[found]]
+    return related
+
+
 class Recommender(ABC):
-    """Scores the whole catalogue for a batch of users; ``recommend`` turns scores into top-k lists."""
+    """Scores the whole catalogue for a batch of users; ``rank`` turns that into explained top-k lists.
+
+    Capabilities (class attributes and methods with a documented "cannot" answer):
+
+    - ``score_sequence``: scores for an arbitrary ordered sequence of items (session lists); None when the model
+      only knows the users it was fitted on (popularity answers for everyone, LightGCN cannot);
+    - ``relates_items``: ``pair_strength`` and ``related`` describe an item-to-item relation (explanations,
+      similar items); without it they answer "not related";
+    - ``exclude_seen``: True when the model never proposes an item the user has seen, whatever ``rank`` is asked.
+    """
 
     name: str = "recommender"
+    relates_items: ClassVar[bool] = False
+    exclude_seen: bool = False
 
     @abstractmethod
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
@@ -57,8 +142,9 @@ class Recommender(ABC):
     def recommend(
         self, users: np.ndarray, k: int, exclude_seen: bool = True, batch_size: int = 1024
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item codes and their scores per user, best first, full ranking over the catalogue."""
+        """Top-k item codes and their scores per user, best first, full ranking over the catalogue (k <= n_items)."""
         history = self.history
+        k = min(k, history.n_items)
         out_items = np.empty((len(users), k), dtype=np.int64)
         out_scores = np.empty((len(users), k), dtype=np.float32)
         for start in range(0, len(users), batch_size):
@@ -72,6 +158,85 @@ class Recommender(ABC):
             out_items[start: start + len(batch)] = items
             out_scores[start: start + len(batch)] = values
         return out_items, out_scores
+
+    def rank(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> Ranked:
+        """The model's top-k lists for known ``users``: what evaluation scores, the store keeps and the API serves.
+
+        Seen items are left out when ``exclude_seen`` asks for it or the model never proposes them.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        items, scores = self.recommend(users, k, exclude_seen=exclude_seen or self.exclude_seen)
+        return self._own_lists(items, scores, k, recent_items(self.history, users))
+
+    def rank_sequence(self, items: np.ndarray, events: np.ndarray, k: int, exclude_seen: bool = True,
+                      user: int = -1) -> Ranked | None:
+        """The top-k list (one row) of a user whose history is the sequence ``items`` / ``events`` (e.g. a known
+        user's history followed by the session's events); the sequence's items count as seen.
+
+        ``user`` is the known user the sequence extends (-1: anonymous). None when the model cannot score a
+        sequence (see ``score_sequence``).
+        """
+        scores = self.score_sequence(items, events)
+        if scores is None:
+            return None
+        scores = np.array(scores, dtype=np.float32, copy=True)[None]
+        if exclude_seen or self.exclude_seen:
+            scores[0, np.asarray(items, dtype=np.int64)] = -np.inf
+        top, values = top_k(scores, k)
+        return self._own_lists(top, values, k, sequence_recent(items))
+
+    def _own_lists(self, items: np.ndarray, scores: np.ndarray, k: int, recent: np.ndarray) -> Ranked:
+        """Lists of a single source: every item is its own, explained from ``recent`` when it relates items."""
+        scores = pad_columns(scores.astype(np.float32), k, -np.inf)
+        items = np.where(np.isfinite(scores), pad_columns(items.astype(np.int64), k, -1), -1)
+        sources = np.where(items >= 0, 0, -1).astype(np.int16)
+        return Ranked(items, scores, sources, explain([self], recent, items, sources))
+
+    def component_lists(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> dict[str, np.ndarray]:
+        """Top-k item codes (-1 padded) of every building block on its own, for evaluation.
+
+        Keys are ``source:NAME`` per candidate source and ``ranker:NAME`` per ranker; a single source has just
+        its own list, the one ``rank`` gives.
+        """
+        return {f"source:{self.name}": self.rank(users, k, exclude_seen).items}
+
+    @property
+    def components(self) -> dict[str, Recommender]:
+        """The candidate sources by name, in the order ``Ranked.sources`` indexes them (a single source: itself)."""
+        return {self.name: self}
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.components)
+
+    @property
+    def ranker_name(self) -> str | None:
+        """The learned ranker that orders the lists (None: the model's own scores do)."""
+        return None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """What fitting measured and decided (e.g. a two-stage model's ranker selection); {} when nothing."""
+        return {}
+
+    def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray | None:
+        """float32 (n_items,) scores for a user whose whole history is ``items`` (item codes, oldest first) with
+        ``events`` (event type codes); the same as ``score`` gives a fitted user with that history.
+
+        None when the model cannot score a sequence it was not fitted on.
+        """
+        return None
+
+    def pair_strength(self, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """float32 strength of the relation from ``anchors[i]`` to ``targets[i]`` (0: none, also for codes < 0).
+
+        All 0 unless ``relates_items``.
+        """
+        return np.zeros(len(anchors), dtype=np.float32)
+
+    def related(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item codes related to ``item`` and their strength (> 0), strongest first; empty unless ``relates_items``."""
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
 
     @property
     def history(self) -> Interactions:

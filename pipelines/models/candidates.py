@@ -24,7 +24,7 @@ class Candidates:
     item: np.ndarray  # int64 (n_rows,)
     scores: dict[str, np.ndarray]  # source -> float32 (n_rows,) that source's score of the item
     proposed: dict[str, np.ndarray]  # source -> bool (n_rows,) the item is in that source's top n
-    source_top: dict[str, np.ndarray]  # source -> int64 (n_users, n) that source's own list (for recall)
+    source_top: dict[str, np.ndarray]  # source -> int64 (n_users, n) that source's own list, -1 padded
 
     def __len__(self) -> int:
         return len(self.item)
@@ -35,27 +35,30 @@ class Candidates:
 CELL_BUDGET = 1 << 25
 
 
-def _batch(
-    sources: dict[str, Recommender], users: np.ndarray, n: int, exclude_seen: bool
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    dense = {}
+def pool_candidates(users: np.ndarray, dense: dict[str, np.ndarray], n: int) -> Candidates:
+    """The candidates of one batch from each source's dense (len(users) x items) scores.
+
+    A source proposes its top ``n`` items of finite score: excluded items (seen ones, set to -inf) are never
+    candidates, even where a tiny catalogue leaves fewer than ``n`` others (its list is then -1 padded).
+    """
     tops = {}
-    for name, model in sources.items():
-        s = np.array(model.score(users), dtype=np.float32, copy=True)
-        if exclude_seen:
-            seen = model.history.seen[users]
-            s[np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices] = -np.inf
-        tops[name] = top_k(s, n)[0]
-        dense[name] = s
+    for name, scores in dense.items():
+        top, values = top_k(scores, n)
+        tops[name] = np.where(np.isfinite(values), top, -1)
     n_items = next(iter(dense.values())).shape[1]
     proposed_by = np.zeros((len(users), n_items), dtype=np.uint32)  # bit per source
     for bit, top in enumerate(tops.values()):
-        np.bitwise_or.at(proposed_by, (np.repeat(np.arange(len(users)), top.shape[1]), top.ravel()), 1 << bit)
+        rows, cols = np.nonzero(top >= 0)
+        np.bitwise_or.at(proposed_by, (rows, top[rows, cols]), 1 << bit)
     row, item = np.nonzero(proposed_by)
     bits = proposed_by[row, item]
-    scores = {name: d[row, item] for name, d in dense.items()}
-    proposed = {name: (bits & (1 << b)) > 0 for b, name in enumerate(tops)}
-    return row, item, scores, proposed, tops
+    return Candidates(
+        users=users, group=np.bincount(row, minlength=len(users)).astype(np.int64),
+        user=users[row].astype(np.int64), item=item.astype(np.int64),
+        scores={name: d[row, item] for name, d in dense.items()},
+        proposed={name: (bits & (1 << b)) > 0 for b, name in enumerate(tops)},
+        source_top=tops,
+    )
 
 
 def generate_candidates(
@@ -72,17 +75,23 @@ def generate_candidates(
     parts = []
     for start in range(0, len(users), batch_size):
         batch = users[start: start + batch_size]
-        row, item, scores, proposed, tops = _batch(sources, batch, n_per_source, exclude_seen)
-        parts.append((batch[row], item, scores, proposed, tops, np.bincount(row, minlength=len(batch))))
+        dense = {}
+        for name, model in sources.items():
+            scores = np.array(model.score(batch), dtype=np.float32, copy=True)
+            if exclude_seen:
+                seen = model.history.seen[batch]
+                scores[np.repeat(np.arange(len(batch)), np.diff(seen.indptr)), seen.indices] = -np.inf
+            dense[name] = scores
+        parts.append(pool_candidates(batch, dense, n_per_source))
     names = list(sources)
     return Candidates(
         users=users,
-        group=np.concatenate([p[5] for p in parts]).astype(np.int64),
-        user=np.concatenate([p[0] for p in parts]).astype(np.int64),
-        item=np.concatenate([p[1] for p in parts]).astype(np.int64),
-        scores={n: np.concatenate([p[2][n] for p in parts]) for n in names},
-        proposed={n: np.concatenate([p[3][n] for p in parts]) for n in names},
-        source_top={n: np.concatenate([p[4][n] for p in parts]) for n in names},
+        group=np.concatenate([p.group for p in parts]).astype(np.int64),
+        user=np.concatenate([p.user for p in parts]).astype(np.int64),
+        item=np.concatenate([p.item for p in parts]).astype(np.int64),
+        scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
+        proposed={n: np.concatenate([p.proposed[n] for p in parts]) for n in names},
+        source_top={n: np.concatenate([p.source_top[n] for p in parts]) for n in names},
     )
 
 

@@ -7,8 +7,10 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Recommender, Targets
+from pipelines.models.base import Targets
+from pipelines.models.item_to_item import ItemToItem
 from pipelines.models.popularity import popularity_scores
 
 
@@ -37,18 +39,16 @@ def covisitation_matrix(history: Interactions, event_weights: dict[str, float], 
     return sp.diags(1.0 / np.maximum(row_sum, 1e-9)).astype(np.float32) @ c
 
 
-def recent_profile(history: Interactions, event_weights: dict[str, float], history_len: int) -> sp.csr_matrix:
-    """User x item weights of each user's last ``history_len`` events, the latest weighing most."""
-    pos_from_end = history.steps_back
-    keep = pos_from_end < history_len
-    w = history.event_weights(event_weights)[keep] / (1.0 + pos_from_end[keep])
-    return sp.csr_matrix(
-        (w.astype(np.float32), (history.user[keep], history.item[keep])),
-        shape=(history.n_users, history.n_items),
-    )
+def recent_weights(
+    events: np.ndarray, steps_back: np.ndarray, event_weights: dict[str, float], history_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``history_len`` events of a user (mask) and their weights: event weight / (1 + steps back)."""
+    keep = steps_back < history_len
+    table = np.array([event_weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
+    return keep, (table[events[keep]] / (1.0 + steps_back[keep])).astype(np.float32)
 
 
-class CoVisitation(Recommender):
+class CoVisitation(ItemToItem):
     """Score = sum over the user's recent items of their co-visitation rows, popularity as a tie-breaker."""
 
     name = "covisit"
@@ -68,12 +68,14 @@ class CoVisitation(Recommender):
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         self._history = history
         self.matrix_ = covisitation_matrix(history, self.event_weights, self.window)
-        self.profile_ = recent_profile(history, self.event_weights, self.history_len)
+        self.profile_ = self.user_profiles(history)
         pop = popularity_scores(history, self.event_weights, self.half_life_days)
         # Scaled below any co-visitation signal, so it only orders items the neighbours do not reach.
         self.prior_ = (1e-6 * pop / max(float(pop.max()), 1e-9)).astype(np.float32)
         return self
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        scores = (self.profile_[users] @ self.matrix_).toarray()
+    def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return recent_weights(events, steps_back, self.event_weights, self.history_len)
+
+    def adjust(self, scores: np.ndarray) -> np.ndarray:
         return scores + self.prior_

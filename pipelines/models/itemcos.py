@@ -8,8 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Recommender, Targets
-from pipelines.models.covisit import recent_profile
+from pipelines.models.base import Targets
+from pipelines.models.covisit import recent_weights
+from pipelines.models.item_to_item import ItemToItem
 
 
 def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
@@ -47,7 +48,7 @@ def cosine_matrix(history: Interactions, neighbours: int) -> sp.csr_matrix:
     return top_n_per_row(sim, neighbours).astype(np.float32)
 
 
-class ItemCosine(Recommender):
+class ItemCosine(ItemToItem):
     """Items that the same users interacted with, weighted towards the user's latest items."""
 
     name = "itemcos"
@@ -60,8 +61,8 @@ class ItemCosine(Recommender):
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         self._history = history
         self.matrix_ = cosine_matrix(history, self.neighbours)
-        self.profile_ = recent_profile(history, self.event_weights, self.history_len)
+        self.profile_ = self.user_profiles(history)
         return self
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return (self.profile_[users] @ self.matrix_).toarray()
+    def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return recent_weights(events, steps_back, self.event_weights, self.history_len)

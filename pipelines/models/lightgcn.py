@@ -234,7 +234,8 @@ class LightGCN(Recommender):
     After ``fit``: ``history_`` (one row per evaluation: epoch, mean loss since the previous row, valid ndcg@10,
     seconds since fit started) and ``best_epoch_``. Nodes without edges in the training graph keep zero ego
     embeddings, so users without history score 0 for every item (and gain a signal from their neighbours alone
-    once ``with_history`` gives them edges).
+    once ``with_history`` gives them edges). A sequence outside the graph has no embedding: ``score_sequence``
+    answers None (a user's embedding only changes by propagating over a new graph).
     """
 
     name = "lightgcn"

@@ -7,6 +7,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
 
@@ -39,6 +40,10 @@ class Popularity(Recommender):
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores_, (len(users), len(self.item_scores_)))
 
+    def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """The same list for any sequence: the popular items."""
+        return self.item_scores_
+
 
 class CategoryPopularity(Recommender):
     """Popular items of the categories the user engages with: popularity within category x user affinity."""
@@ -59,16 +64,28 @@ class CategoryPopularity(Recommender):
         cat_slot = np.where(cat >= 0, cat, n_cat - 1)
         cat_total = np.bincount(cat_slot, weights=pop, minlength=n_cat)
         self.item_share_ = (pop / np.maximum(cat_total[cat_slot], 1e-9)).astype(np.float32)
-        w = history.event_weights(self.event_weights)
-        slot = cat_slot[history.item]
-        known = slot != n_cat - 1  # an unknown category says nothing about taste
-        affinity = sp.csr_matrix((w[known], (history.user[known], slot[known])), shape=(history.n_users, n_cat))
-        row_sum = np.asarray(affinity.sum(axis=1)).ravel()
-        self.affinity_ = (sp.diags(1.0 / np.maximum(row_sum, 1e-9)) @ affinity).tocsr().astype(np.float32)
         self.cat_slot_ = cat_slot
+        self.affinity_ = self._affinity(history.user, history.item, history.event, history.n_users)
         self.prior_ = (1e-6 * pop / max(float(pop.max(initial=0.0)), 1e-9)).astype(np.float32)
         return self
 
+    def _affinity(self, users: np.ndarray, items: np.ndarray, events: np.ndarray, n_users: int) -> sp.csr_matrix:
+        """User x category-slot shares of the users' event weights (rows sum to 1, or 0 without known categories)."""
+        n_cat = int(self.item_category.max(initial=-1)) + 2  # as in fit: the last slot is "unknown"
+        table = np.array([self.event_weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
+        slot = self.cat_slot_[items]
+        known = slot != n_cat - 1  # an unknown category says nothing about taste
+        affinity = sp.csr_matrix((table[events][known], (users[known], slot[known])), shape=(n_users, n_cat))
+        row_sum = np.asarray(affinity.sum(axis=1)).ravel()
+        return (sp.diags(1.0 / np.maximum(row_sum, 1e-9)) @ affinity).tocsr().astype(np.float32)
+
+    def _scores(self, affinity: sp.csr_matrix) -> np.ndarray:
+        return affinity.toarray()[:, self.cat_slot_] * self.item_share_ + self.prior_
+
     def score(self, users: np.ndarray) -> np.ndarray:
-        per_category = self.affinity_[users].toarray()
-        return per_category[:, self.cat_slot_] * self.item_share_ + self.prior_
+        return self._scores(self.affinity_[users])
+
+    def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Category shares of the sequence's own events, as for a fitted user with that history."""
+        items = np.asarray(items, dtype=np.int64)
+        return self._scores(self._affinity(np.zeros(len(items), dtype=np.int64), items, np.asarray(events), 1))[0]

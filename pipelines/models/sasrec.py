@@ -414,6 +414,11 @@ class SASRec(Recommender):
             out[rows] = net.score_last(seqs[rows, -width:]).numpy()
         return out
 
+    def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Next-item logits after any sequence: the network reads its last ``max_len`` items (event types unused)."""
+        tail = np.asarray(items, dtype=np.int32)[-self.params.max_len:] + 1  # item c is fed as c + 1
+        return self._network().score_last((tail if len(tail) else np.array([PAD], dtype=np.int32))[None]).numpy()[0]
+
     def recommend(
         self, users: np.ndarray, k: int, exclude_seen: bool = True, batch_size: int = SCORE_BATCH
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -63,7 +63,7 @@ def run_train(
     candidate = models["candidate"]
     meta = {
         "model": params.model,
-        "two_stage": getattr(candidate, "report_", None),
+        "two_stage": candidate.report or None,
         "params": params.model_dump(),
         "users": len(features.vocab.users),
         "items": len(features.vocab.items),

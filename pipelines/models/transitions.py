@@ -8,7 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Recommender, Targets
+from pipelines.models.base import Targets
+from pipelines.models.item_to_item import ItemToItem
 
 
 def transition_matrix(history: Interactions) -> sp.csr_matrix:
@@ -23,15 +24,7 @@ def transition_matrix(history: Interactions) -> sp.csr_matrix:
     return (sp.diags(1.0 / np.maximum(out_deg, 1.0)).astype(np.float32) @ t).tocsr()
 
 
-def last_items_profile(history: Interactions, last_n: int, decay: float) -> sp.csr_matrix:
-    """User x item weights of the user's last ``last_n`` events: decay ** steps back from the newest."""
-    steps_back = history.steps_back
-    keep = steps_back < last_n
-    w = np.power(decay, steps_back[keep]).astype(np.float32)
-    return sp.csr_matrix((w, (history.user[keep], history.item[keep])), shape=(history.n_users, history.n_items))
-
-
-class Transitions(Recommender):
+class Transitions(ItemToItem):
     """First-order Markov chain over items, mixing the last few items with geometric decay."""
 
     name = "transitions"
@@ -43,8 +36,10 @@ class Transitions(Recommender):
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         self._history = history
         self.matrix_ = transition_matrix(history)
-        self.profile_ = last_items_profile(history, self.last_n, self.decay)
+        self.profile_ = self.user_profiles(history)
         return self
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return (self.profile_[users] @ self.matrix_).toarray()
+    def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``last_n`` events, weighing ``decay ** steps back`` from the newest."""
+        keep = steps_back < self.last_n
+        return keep, np.power(self.decay, steps_back[keep]).astype(np.float32)

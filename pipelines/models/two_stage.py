@@ -3,6 +3,11 @@
 Protocol (no leakage): sources are fitted on the history before the validation targets; rankers learn to
 put the validation targets on top; a held-out share of validation users picks the best ranker. For test,
 the same sources and ranker score against the longer history (train + valid); test targets are never seen.
+
+``rank`` is the one path to lists (evaluation, the serving store and the API all use it): the sources' candidate
+pool ordered by the chosen ranker, each item credited to the source that ranked it best. ``rank_sequence`` runs the
+same path for a sequence no history holds (a session): every source that can score a sequence proposes, features
+describe the sequence, the chosen ranker orders.
 """
 
 from __future__ import annotations
@@ -18,10 +23,25 @@ from typing import Any, Self
 import numpy as np
 
 from pipelines.evaluation.metrics import per_user_metrics
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.features.ranking import FeatureContext, ItemInfo
-from pipelines.models.base import Recommender, Targets, top_k
-from pipelines.models.candidates import Candidates, candidate_recall, generate_candidates, labels
+from pipelines.models.base import (
+    Ranked,
+    Recommender,
+    Targets,
+    explain,
+    pad_columns,
+    recent_items,
+    sequence_recent,
+    top_k,
+)
+from pipelines.models.candidates import (
+    Candidates,
+    candidate_recall,
+    generate_candidates,
+    labels,
+    pool_candidates,
+)
 from pipelines.rankers import Ranker
 from pipelines.rankers.base import RankingData
 
@@ -29,6 +49,7 @@ log = logging.getLogger(__name__)
 
 # Runs a group of independent jobs (name -> thunk) and returns their results by name, e.g. as parallel tasks.
 RunJobs = Callable[[dict[str, Callable[[], Any]]], dict[str, Any]]
+RANK_BATCH = 2048  # users whose candidates and features are held at once when ranking
 
 
 @dataclass
@@ -40,10 +61,10 @@ class Scored:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def ranked_lists(cands: Candidates, row_scores: np.ndarray, k: int) -> np.ndarray:
-    """Each user's top-k candidate items by ``row_scores`` (padded with -1 when fewer candidates)."""
-    width = int(cands.group.max(initial=0))
-    table = np.full((len(cands.users), max(width, 1)), -np.inf, dtype=np.float32)
+def ranked_lists(cands: Candidates, row_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's top-k candidate items by ``row_scores`` and those scores (-1 / -inf padded to k columns)."""
+    width = max(int(cands.group.max(initial=0)), 1)
+    table = np.full((len(cands.users), width), -np.inf, dtype=np.float32)
     items = np.full(table.shape, -1, dtype=np.int64)
     row_user = np.repeat(np.arange(len(cands.users)), cands.group)
     pos = np.arange(len(cands.item)) - np.repeat(np.r_[0, np.cumsum(cands.group)[:-1]], cands.group)
@@ -52,11 +73,34 @@ def ranked_lists(cands: Candidates, row_scores: np.ndarray, k: int) -> np.ndarra
     idx, vals = top_k(table, k)
     out = np.take_along_axis(items, idx, axis=1)
     out[~np.isfinite(vals)] = -1
-    return out
+    return pad_columns(out, k, -1), pad_columns(vals, k, -np.inf)
+
+
+def best_source(items: np.ndarray, tops: list[np.ndarray], n_items: int) -> np.ndarray:
+    """int16 per item: the index in ``tops`` of the source whose own list ranks it highest (first on ties), else -1."""
+    rows = np.arange(len(items))[:, None]
+    query = (rows * n_items + items).ravel()
+    never = np.iinfo(np.int64).max
+    best_rank = np.full(query.shape, never)
+    best = np.full(query.shape, -1, dtype=np.int16)
+    for index, top in enumerate(tops):
+        listed = top >= 0
+        keys = (rows * n_items + top)[listed]
+        ranks = np.broadcast_to(np.arange(top.shape[1]), top.shape)[listed]
+        order = np.argsort(keys, kind="stable")
+        keys, ranks = keys[order], ranks[order]
+        if not len(keys):
+            continue
+        pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        rank = np.where(keys[pos] == query, ranks[pos], never)
+        better = rank < best_rank
+        best_rank[better], best[better] = rank[better], index
+    best[items.ravel() < 0] = -1
+    return best.reshape(items.shape)
 
 
 class TwoStage(Recommender):
-    """Sources + rankers behind the Recommender shape; ``ranker_`` is the one chosen on validation."""
+    """Sources + rankers behind the Recommender shape; ``ranker_name_`` is the one chosen on validation."""
 
     name = "two_stage"
 
@@ -91,7 +135,7 @@ class TwoStage(Recommender):
             log.info("source fitted name=%s seconds=%.1f", name, timings[f"fit_{name}"])
         users, targets = sample_users(*valid, self.max_ranker_users, self.seed)
         start = time.perf_counter()
-        scored = self._score_batch(users, FeatureContext(history, self.info))
+        scored = self._score_batch(users, FeatureContext(history, self.info), self.exclude_seen)
         timings["candidates_and_features"] = round(time.perf_counter() - start, 2)
         y = labels(scored.cands, targets)
         self.report_ = {"valid_candidate_recall": candidate_recall(scored.cands, targets), "timings": timings}
@@ -121,7 +165,7 @@ class TwoStage(Recommender):
         cands = _cands_subset(scored.cands, hold_mask)
         results = {}
         for name, ranker in self.rankers.items():
-            recs = ranked_lists(cands, ranker.predict(_rows(scored.data, keep)), 20)
+            recs = ranked_lists(cands, ranker.predict(_rows(scored.data, keep)), 20)[0]
             results[name] = {m: round(float(v.mean()), 5) for m, v in
                              per_user_metrics(recs, hold_targets, [10, 20]).items() if m.startswith(("ndcg", "hr"))}
         for name, top in cands.source_top.items():
@@ -137,7 +181,20 @@ class TwoStage(Recommender):
         }
         log.info("ranker chosen name=%s ndcg@10=%.4f", self.ranker_name_, results[self.ranker_name_]["ndcg@10"])
 
-    # -- scoring -------------------------------------------------------------------------------------------
+    # -- the Recommender interface ------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Recommender]:
+        return self.sources
+
+    @property
+    def ranker_name(self) -> str:
+        return self.ranker_name_
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Validation candidate recall, fit timings and the ranker selection (every ranker's held-out metrics)."""
+        return self.report_
+
     def with_history(self, history: Interactions) -> Self:
         """A copy whose sources score against ``history``; rankers and their choice stay as trained."""
         other = copy.copy(self)
@@ -146,48 +203,96 @@ class TwoStage(Recommender):
         other.__dict__.pop("_context", None)
         return other
 
-    @property
-    def context(self) -> FeatureContext:
-        if getattr(self, "_context", None) is None:
-            self._context = FeatureContext(self.history, self.info)
-        return self._context
+    def rank(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> Ranked:
+        """The chosen ranker's top k of each user's candidate pool, each item credited to its best-ranking source."""
+        users = np.asarray(users, dtype=np.int64)
+        context, exclude = self._feature_context(), exclude_seen or self.exclude_seen
+        return Ranked.concat([
+            self._ranked(self._score_batch(batch, context, exclude), k, recent_items(self.history, batch))
+            for batch in (users[i: i + RANK_BATCH] for i in range(0, len(users), RANK_BATCH))], k)
 
-    def _score_batch(self, users: np.ndarray, context: FeatureContext) -> Scored:
-        cands = generate_candidates(self.sources, users, self.n_per_source, self.exclude_seen)
-        X, names = context.features(cands)
-        nonempty = cands.group[cands.group > 0]
-        data = RankingData(X=X, group=nonempty, y=None, feature_names=names, item_codes=cands.item,
-                           user_codes=cands.user)
-        return Scored(cands, data)
+    def rank_sequence(self, items: np.ndarray, events: np.ndarray, k: int, exclude_seen: bool = True,
+                      user: int = -1) -> Ranked:
+        """``rank`` for a user whose history is the sequence ``items`` / ``events``: the same sources, features
+        and chosen ranker, with the sequence's items as the seen ones.
 
-    def score_all(self, users: np.ndarray) -> Scored:
-        """Candidates, features and every ranker's scores for ``users`` (for evaluation of all rankers)."""
-        scored = self._score_batch(users, self.context)
-        scored.scores = {name: r.predict(scored.data) for name, r in self.rankers.items()}
-        return scored
+        Sources that cannot score a sequence (``score_sequence`` is None) score the known ``user`` from their
+        fitted history, and propose nothing for an anonymous one (their features are then missing).
+        """
+        items, events = np.asarray(items, dtype=np.int64), np.asarray(events, dtype=np.int64)
+        n_items = self.history.n_items
+        seen = np.unique(items) if exclude_seen or self.exclude_seen else np.zeros(0, dtype=np.int64)
+        dense = {}
+        for name, source in self.sources.items():
+            scores = source.score_sequence(items, events)
+            if scores is None:
+                scores = source.score(np.array([user]))[0] if user >= 0 else np.full(n_items, -np.inf)
+            dense[name] = np.array(scores, dtype=np.float32, copy=True)[None]
+            dense[name][0, seen] = -np.inf
+        cands = pool_candidates(np.zeros(1, dtype=np.int64), dense, self.n_per_source)  # row 0 of the context
+        return self._ranked(self._scored(cands, self._sequence_context(items, events), user_codes=np.full(1, user)),
+                            k, sequence_recent(items))
 
-    def recommend_all(self, users: np.ndarray, k: int, batch_size: int = 2048) -> dict[str, np.ndarray]:
-        """Top-k lists of every ranker (``ranker:NAME``) and every source (``source:NAME``), in one pass."""
+    def component_lists(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> dict[str, np.ndarray]:
+        """Every ranker's list over the same pools (``ranker:NAME``) and every source's own (``source:NAME``)."""
+        users = np.asarray(users, dtype=np.int64)
+        context, exclude = self._feature_context(), exclude_seen or self.exclude_seen
         parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(users), batch_size):
-            scored = self.score_all(users[start: start + batch_size])
-            for name, row_scores in scored.scores.items():
-                parts.setdefault(f"ranker:{name}", []).append(ranked_lists(scored.cands, row_scores, k))
+        for start in range(0, len(users), RANK_BATCH):
+            scored = self._score_batch(users[start: start + RANK_BATCH], context, exclude)
+            for name, ranker in self.rankers.items():
+                top = ranked_lists(scored.cands, _predict(ranker, scored), k)[0]
+                parts.setdefault(f"ranker:{name}", []).append(top)
             for name, top in scored.cands.source_top.items():
-                parts.setdefault(f"source:{name}", []).append(_pad(top[:, :k], k))
+                parts.setdefault(f"source:{name}", []).append(pad_columns(top, k, -1))
         return {name: np.concatenate(p) for name, p in parts.items()}
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        """Ranker scores on the candidates; every other item below them, ordered by the first source."""
-        scored = self._score_batch(users, self.context)
-        row_scores = self.rankers[self.ranker_name_].predict(scored.data)
-        # Non-candidates rank below every candidate, in popularity order, so the ranking stays total.
+        """Dense scores, as every Recommender answers: the pool by the chosen ranker, then every other item below
+        it in popularity order (a total ranking). No pipeline path needs them; lists come from ``rank``."""
+        scored = self._score_batch(users, self._feature_context(), self.exclude_seen)
+        row_scores = _predict(self.rankers[self.ranker_name_], scored)
         floor = float(row_scores.min(initial=0.0)) - 1.0
-        prior = self.context.popularity["item_pop_all"]
+        prior = self._feature_context().popularity["item_pop_all"]
         dense = np.tile((floor - 1.0 + prior / (prior.max(initial=0.0) + 1.0)).astype(np.float32), (len(users), 1))
         row_user = np.repeat(np.arange(len(users)), scored.cands.group)
         dense[row_user, scored.cands.item] = row_scores
         return dense
+
+    # -- scoring internals ---------------------------------------------------------------------------------
+    def _feature_context(self) -> FeatureContext:
+        """Features of the current history, built once per history (dropped on pickling)."""
+        if getattr(self, "_context", None) is None:
+            self._context = FeatureContext(self.history, self.info)
+        return self._context
+
+    def _sequence_context(self, items: np.ndarray, events: np.ndarray) -> FeatureContext:
+        """Features of a one-user history holding the sequence; item features stay those of the model's history."""
+        vocab = Vocab(users=np.array(["<sequence>"], dtype=object), items=self.history.vocab.items)
+        one = Interactions(vocab, np.zeros(len(items), dtype=np.int32), items.astype(np.int32), events.astype(np.int8),
+                           np.zeros(len(items), dtype=np.int64))
+        context = FeatureContext(one, self.info)
+        context.popularity = self._feature_context().popularity  # what the catalogue did, not what one user did
+        return context
+
+    def _score_batch(self, users: np.ndarray, context: FeatureContext, exclude_seen: bool) -> Scored:
+        """Candidates of known ``users`` with their features (``context`` describes the users' history)."""
+        return self._scored(generate_candidates(self.sources, users, self.n_per_source, exclude_seen), context)
+
+    def _scored(self, cands: Candidates, context: FeatureContext, user_codes: np.ndarray | None = None) -> Scored:
+        """``cands`` with their features; ``user_codes`` per user replace the context's row codes for the rankers."""
+        X, names = context.features(cands)
+        codes = cands.user if user_codes is None else np.repeat(user_codes, cands.group)
+        data = RankingData(X=X, group=cands.group[cands.group > 0], y=None, feature_names=names,
+                           item_codes=cands.item, user_codes=codes)
+        return Scored(cands, data)
+
+    def _ranked(self, scored: Scored, k: int, recent: np.ndarray) -> Ranked:
+        """The chosen ranker's lists of ``scored``, credited to sources and explained from ``recent`` items."""
+        items, scores = ranked_lists(scored.cands, _predict(self.rankers[self.ranker_name_], scored), k)
+        sources = best_source(items, [scored.cands.source_top[name] for name in self.sources], self.history.n_items)
+        return Ranked(items, scores.astype(np.float32), sources, explain(list(self.sources.values()), recent, items,
+                                                                         sources))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -215,9 +320,9 @@ def sample_users(users: np.ndarray, targets: list[np.ndarray], max_users: int | 
     return users[keep], [targets[i] for i in keep]
 
 
-def _pad(recs: np.ndarray, k: int) -> np.ndarray:
-    """Pad lists shorter than k (tiny catalogues) with -1."""
-    return recs if recs.shape[1] >= k else np.pad(recs, ((0, 0), (0, k - recs.shape[1])), constant_values=-1)
+def _predict(ranker: Ranker, scored: Scored) -> np.ndarray:
+    """The ranker's score per candidate row (none to score when every pool is empty)."""
+    return ranker.predict(scored.data) if scored.data.n_rows else np.zeros(0, dtype=np.float32)
 
 
 def _rows(data: RankingData, keep_rows: np.ndarray, y: np.ndarray | None = None) -> RankingData:

@@ -1,10 +1,11 @@
 """The serving view of a trained model: explained, rule-abiding top-K lists that are always full.
 
 Every list is assembled from *parts*, in order: the model's own list (precomputed, scored on the fly, or from
-the session just sent), then category popularity, then global popularity. Items already taken, seen (when
-excluded), blocked, outside the requested category or over the per-category cap are skipped, so a list is
-full whenever the catalogue allows it. Importing this module is cheap: TensorFlow, XGBoost and MLflow load
-only when a model that needs them is loaded or scored.
+the session just sent), then category popularity, then global popularity. The model's own list always comes
+from the model's ``rank`` (``rank_sequence`` for a session): the path evaluation scores and the store keeps.
+Items already taken, seen (when excluded), blocked, outside the requested category or over the per-category cap
+are skipped, so a list is full whenever the catalogue allows it. Importing this module is cheap: TensorFlow,
+XGBoost and MLflow load only when a model that needs them is loaded or scored.
 """
 
 from __future__ import annotations
@@ -23,19 +24,16 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from pipelines.core.config import TrainParams
 from pipelines.core.errors import ShoprecError
 from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions
-from pipelines.features.ranking import pair_values
-from pipelines.models.base import Recommender, top_k
+from pipelines.models.base import Ranked, Recommender
 from pipelines.models.popularity import popularity_scores
 
 log = logging.getLogger(__name__)
 
-ITEM_TO_ITEM = ("transitions", "covisit", "itemcos")  # sources with an item x item ``matrix_``, session order
-RECENT_ITEMS = 10  # how far back "because you viewed X" looks for the most related item
 FILL_CATEGORY, FILL_GLOBAL = "category_popularity", "popularity"
 REASONS = {
     "sasrec": "based on your recent activity",
@@ -43,8 +41,7 @@ REASONS = {
     "popularity": "popular right now",
 }
 SIMILAR_REASONS = {"covisit": "often viewed together with {}", "itemcos": "liked by the same shoppers as {}",
-                   "transitions": "often viewed next after {}"}
-DEFAULT_WEIGHTS = {"view": 1.0, "cart": 3.0, "fav": 2.0, "purchase": 4.0}
+                   "transitions": "often viewed next after {}"}  # other item-to-item sources: "related to {}"
 EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
 
 
@@ -84,18 +81,8 @@ class Rules:
 
 
 @dataclass
-class Lists:
-    """Top lists of a batch of users: item codes (-1 = padding), score, source index and the related item code."""
-
-    items: np.ndarray  # int64 (n, depth)
-    scores: np.ndarray  # float32 (n, depth)
-    sources: np.ndarray  # int16 (n, depth) index into ServingModel.source_names, -1 for padding
-    related: np.ndarray  # int64 (n, depth) item the reason names (-1: none)
-
-
-@dataclass
 class _Part:
-    """A ranked run of candidate items from one generator (or a row of ``Lists``)."""
+    """A ranked run of candidate items from one generator (or a row of ``Ranked``); sources index source_names."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -154,16 +141,17 @@ class ServingModel:
         self.categories = np.asarray(cats.categories, dtype=object)
         self.category_index = pd.Index(self.categories)
         self.item_category = np.asarray(cats.codes, dtype=np.int64)  # -1 unknown
-        sources = getattr(model, "sources", None)
-        self.sources: dict[str, Recommender] = dict(sources) if sources else {model.name: model}
-        self.source_names = list(dict.fromkeys([*self.sources, FILL_CATEGORY, FILL_GLOBAL]))
+        self.sources: dict[str, Recommender] = dict(model.components)
+        # the model's source names come first, so the source indices of its Ranked lists index this list too
+        self.source_names = list(dict.fromkeys([*model.source_names, FILL_CATEGORY, FILL_GLOBAL]))
         self.source_index = {name: i for i, name in enumerate(self.source_names)}
-        params = meta.get("params", {})
-        self.event_weights = params.get("event_weights", DEFAULT_WEIGHTS)
+        self.relating = {name for name, source in self.sources.items() if source.relates_items}
+        # the parameters the model was trained with (meta.json); the pipeline's defaults where meta has none
+        params, defaults = meta.get("params", {}), TrainParams()
+        self.event_weights: dict[str, float] = params.get("event_weights", defaults.event_weights)
         self._event_weight = np.array([self.event_weights.get(e, 1.0) for e in EVENT_TYPES], dtype=np.float32)
-        pop_source = self.sources.get("popularity")
-        pop = (pop_source.item_scores_ if pop_source is not None else
-               popularity_scores(self.history_, self.event_weights, params.get("popularity_half_life_days", 3.0)))
+        pop = popularity_scores(self.history_, self.event_weights,
+                                params.get("popularity_half_life_days", defaults.popularity_half_life_days))
         self.popularity = np.asarray(pop, dtype=np.float32) / max(float(np.max(pop, initial=0.0)), 1e-9)
         self.pop_order = np.argsort(-self.popularity, kind="stable")
         slots = np.where(self.item_category >= 0, self.item_category, len(self.categories))
@@ -171,7 +159,7 @@ class ServingModel:
         self.category_share = (self.popularity / np.maximum(cat_total[slots], 1e-9)).astype(np.float32)
         self.allowed = ~np.isin(self.item_ids, list(self.rules.blocked))
         self._category_orders: dict[int, np.ndarray] = {}
-        self.store: Lists | None = None
+        self.store: Ranked | None = None
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -210,7 +198,7 @@ class ServingModel:
         other.allowed = ~np.isin(self.item_ids, list(rules.blocked))
         return other
 
-    def attach_store(self, store: Lists, model_id: str) -> bool:
+    def attach_store(self, store: Ranked, model_id: str) -> bool:
         """Answer known users from precomputed lists, if they were computed by this very model."""
         if model_id != self.model_id or store.items.shape[0] != self.history_.n_users:
             log.warning("serving store is stale (model %s, store %s): scoring on the fly", self.model_id, model_id)
@@ -286,7 +274,7 @@ class ServingModel:
             "trained_at": self.meta.get("trained_at"),
             "loaded_at": self.loaded_at,
             "model": self.meta.get("model", self.model.name),
-            "ranker": getattr(self.model, "ranker_name_", None),
+            "ranker": self.model.ranker_name,
             "sources": list(self.sources),
             "data_version": {k.removeprefix("data."): v for k, v in tags.items() if k.startswith("data.")},
             "metrics": self.meta.get("metrics", {}),
@@ -296,80 +284,9 @@ class ServingModel:
         }
 
     # -- the model's own lists -----------------------------------------------------------------------------
-    def top_lists(self, users: np.ndarray, depth: int) -> Lists:
-        """Each known user's top ``depth`` items (seen items excluded), with source and related item."""
-        users = np.asarray(users, dtype=np.int64)
-        if hasattr(self.model, "ranker_name_"):
-            items, scores, sources = self._two_stage_lists(users, depth)
-        else:
-            items, scores = self.model.recommend(users, depth, exclude_seen=True)
-            items = np.where(np.isfinite(scores), items, -1)
-            sources = np.where(items >= 0, self.source_index[self.model.name], -1).astype(np.int16)
-        recent = self._recent_items(users)
-        related = self._related(recent, items, sources)
-        return Lists(items.astype(np.int64), scores.astype(np.float32), sources, related)
-
-    def _two_stage_lists(self, users: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates ordered by the chosen ranker; the source is the proposer that ranked the item best."""
-        model: Any = self.model
-        scored = model._score_batch(users, model.context)  # candidates + features, as TwoStage.score does
-        row_scores = model.rankers[model.ranker_name_].predict(scored.data)
-        cands = scored.cands
-        width = max(int(cands.group.max(initial=0)), 1)
-        table = np.full((len(users), width), -np.inf, dtype=np.float32)
-        cand_items = np.full(table.shape, -1, dtype=np.int64)
-        row = np.repeat(np.arange(len(users)), cands.group)
-        pos = np.arange(len(cands.item)) - np.repeat(np.r_[0, np.cumsum(cands.group)[:-1]], cands.group)
-        table[row, pos], cand_items[row, pos] = row_scores, cands.item
-        idx, scores = top_k(table, min(depth, width))
-        items = np.take_along_axis(cand_items, idx, axis=1)
-        items[~np.isfinite(scores)] = -1
-        return items, scores, self._best_source(items, cands.source_top)
-
-    def _best_source(self, items: np.ndarray, tops: dict[str, np.ndarray]) -> np.ndarray:
-        """Per item, the index of the source whose own list ranks it highest (first source on ties)."""
-        n_items = len(self.item_ids)
-        rows = np.arange(len(items))[:, None]
-        query = (rows * n_items + items).ravel()
-        best_rank = np.full(query.shape, np.iinfo(np.int64).max)
-        best = np.full(query.shape, -1, dtype=np.int16)
-        for name, top in tops.items():
-            keys = (rows * n_items + top).ravel()
-            ranks = np.broadcast_to(np.arange(top.shape[1]), top.shape).ravel()
-            order = np.argsort(keys, kind="stable")
-            keys, ranks = keys[order], ranks[order]
-            pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
-            rank = np.where(keys[pos] == query, ranks[pos], np.iinfo(np.int64).max)
-            better = rank < best_rank
-            best_rank[better], best[better] = rank[better], self.source_index[name]
-        best[items.ravel() < 0] = -1
-        return best.reshape(items.shape)
-
-    def _recent_items(self, users: np.ndarray) -> np.ndarray:
-        """(n, RECENT_ITEMS) each user's latest items, newest first, -1 padded."""
-        bounds, hist_items = self.history_.user_bounds, self.history_.item
-        end = bounds[users + 1]
-        back = end[:, None] - 1 - np.arange(RECENT_ITEMS)[None]
-        valid = back >= bounds[users][:, None]
-        return np.where(valid, hist_items[np.clip(back, 0, max(len(hist_items) - 1, 0))], -1) if len(hist_items) \
-            else np.full(back.shape, -1)
-
-    def _related(self, recent: np.ndarray, items: np.ndarray, sources: np.ndarray) -> np.ndarray:
-        """For items from item-to-item sources, the recent item most related to them under that source."""
-        related = np.full(items.shape, -1, dtype=np.int64)
-        for name in ITEM_TO_ITEM:
-            if name not in self.sources or not hasattr(self.sources[name], "matrix_"):
-                continue
-            rows, cols = np.nonzero(sources == self.source_index[name])
-            if not len(rows):
-                continue
-            anchors = recent[rows]  # (m, RECENT_ITEMS)
-            targets = np.repeat(items[rows, cols][:, None], anchors.shape[1], axis=1)
-            values = pair_values(self.sources[name].matrix_, anchors.ravel(), targets.ravel()).reshape(anchors.shape)
-            best = values.argmax(axis=1)
-            found = values[np.arange(len(rows)), best] > 0
-            related[rows[found], cols[found]] = anchors[found, best[found]]
-        return related
+    def top_lists(self, users: np.ndarray, depth: int, exclude_seen: bool = True) -> Ranked:
+        """Each known user's top ``depth`` items from the model's ``rank``, with source and related item."""
+        return self.model.rank(np.asarray(users, dtype=np.int64), depth, exclude_seen)
 
     # -- lists for a request -------------------------------------------------------------------------------
     def needs_scoring(self, user_id: str | None, recent_events: Sequence[Mapping[str, Any]] | None = None,
@@ -382,16 +299,17 @@ class ServingModel:
 
     def _store_serves(self, exclude_seen: bool) -> bool:
         """Precomputed lists exclude seen items; they serve exclude_seen=false only if the model never proposes them."""
-        return self.store is not None and (exclude_seen or bool(getattr(self.model, "exclude_seen", False)))
+        return self.store is not None and (exclude_seen or self.model.exclude_seen)
 
     def recommend(self, user_id: str | None, k: int = 20, exclude_seen: bool = True, category: str | None = None,
                   recent_events: Sequence[Mapping[str, Any]] | None = None) -> list[Recommendation]:
         """Top ``k`` for a known, new or anonymous user, optionally from the events of the current session.
 
         ``recent_events``: mappings with ``item_id``, ``event_type`` and optionally ``ts``; items the model does
-        not know are ignored. With events, the sequential model (or item-to-item sources) scores the user's
-        history followed by them; without, a known user gets the model's list. Category and global popularity
-        fill the rest. ``exclude_seen`` drops the history and the session's items.
+        not know are ignored. With events, the model ranks the user's history followed by them (``rank_sequence``:
+        a two-stage model runs its whole path, sources to chosen ranker); without, a known user gets the model's
+        list. Category and global popularity fill the rest. ``exclude_seen`` drops the history and the session's
+        items (a model that never proposes seen items keeps them out of its own list either way).
         """
         if k < 1:
             raise ValueError("k must be at least 1")
@@ -404,9 +322,11 @@ class ServingModel:
         depth = min(len(self.item_ids), 2 * k + len(exclude) + 50)
 
         def parts() -> Iterator[_Part]:
-            session = self._session_part(seq_items, seq_events, depth) if len(sess_items) else None
+            session = None
+            if len(sess_items):
+                session = self.model.rank_sequence(seq_items, seq_events, depth, exclude_seen, user)
             if session is not None:
-                yield session
+                yield _Part(session.items[0], session.scores[0], session.sources[0], session.related[0])
             elif user >= 0:
                 yield self._user_part(user, depth, exclude_seen)
             yield from self._fill_parts(seq_items, seq_events, cat)
@@ -414,22 +334,18 @@ class ServingModel:
         return self._compose(parts(), k, exclude, cat)
 
     def similar(self, item_id: str, k: int = 20) -> list[Recommendation]:
-        """Items related to ``item_id`` by the first item-to-item source, then its category's and global bestsellers."""
+        """Items related to ``item_id`` by the model's first source that relates items, then its category's and
+        global bestsellers."""
         code = self._item_code(item_id)
         if code < 0:
             raise UnknownItem(f"unknown item '{item_id}'")
         cat = int(self.item_category[code])
 
         def parts() -> Iterator[_Part]:
-            for name in ("covisit", "itemcos", "transitions"):
-                matrix = getattr(self.sources.get(name), "matrix_", None)
-                if matrix is not None:
-                    row = matrix.getrow(code)
-                    order = np.argsort(-row.data, kind="stable")
-                    order = order[row.data[order] > 0]
-                    yield _Part(row.indices[order].astype(np.int64), row.data[order],
-                                np.full(len(order), self.source_index[name]), np.full(len(order), code))
-                    break
+            name = next((n for n in self.sources if n in self.relating), None)
+            if name is not None:
+                items, strength = self.sources[name].related(code)
+                yield _Part(items, strength, np.full(len(items), self.source_index[name]), np.full(len(items), code))
             if cat >= 0:
                 yield self._category_part(cat)
             yield self._global_part()
@@ -454,50 +370,8 @@ class ServingModel:
         if self.store is not None and self._store_serves(exclude_seen):
             lists, row = self.store, user
         else:
-            lists, row = self.top_lists(np.array([user]), depth), 0
+            lists, row = self.top_lists(np.array([user]), depth, exclude_seen), 0
         return _Part(lists.items[row], lists.scores[row], lists.sources[row], lists.related[row])
-
-    def _session_part(self, seq_items: np.ndarray, seq_events: np.ndarray, depth: int) -> _Part | None:
-        """The sequential model on history + session; else item-to-item sources; None if the model has neither."""
-        if "sasrec" in self.sources:
-            scores, name = self._sasrec_scores(seq_items), "sasrec"
-        else:
-            name = next((n for n in ITEM_TO_ITEM if hasattr(self.sources.get(n), "matrix_")), "")
-            if not name:
-                return None
-            scores = self._item_to_item_scores(name, seq_items, seq_events)
-        items, values = top_k(scores[None], depth)
-        items, values = items[0], values[0]
-        if name != "sasrec":
-            items, values = items[values > 0], values[values > 0]
-        sources = np.full(len(items), self.source_index[name], dtype=np.int16)
-        recent = np.full((1, RECENT_ITEMS), -1, dtype=np.int64)
-        tail = seq_items[::-1][:RECENT_ITEMS]
-        recent[0, : len(tail)] = tail
-        related = self._related(recent, items[None], sources[None])[0]
-        return _Part(items.astype(np.int64), values, sources, related)
-
-    def _sasrec_scores(self, seq_items: np.ndarray) -> np.ndarray:
-        """Next-item logits of the SASRec source for one sequence (its network scores any sequence)."""
-        sasrec: Any = self.sources["sasrec"]
-        tail = seq_items[-sasrec.params.max_len:].astype(np.int32) + 1  # SASRec feeds item c as c + 1
-        return sasrec._network().score_last(tail[None]).numpy()[0]
-
-    def _item_to_item_scores(self, name: str, seq_items: np.ndarray, seq_events: np.ndarray) -> np.ndarray:
-        """The source's own profile of a sequence (its recency weighting) times its item x item matrix."""
-        source: Any = self.sources[name]
-        back = np.arange(len(seq_items))[::-1]
-        if name == "transitions":
-            keep = back < source.last_n
-            weights = np.power(source.decay, back[keep])
-        else:
-            keep = back < source.history_len
-            table = np.array([source.event_weights.get(e, 1.0) for e in EVENT_TYPES], dtype=np.float32)
-            weights = table[seq_events[keep]] / (1.0 + back[keep])
-        n = len(self.item_ids)
-        profile = sp.csr_matrix((weights.astype(np.float32), (np.zeros(keep.sum(), dtype=np.int64), seq_items[keep])),
-                                shape=(1, n))
-        return np.asarray((profile @ source.matrix_).todense(), dtype=np.float32).ravel()
 
     def _fill_parts(self, seq_items: np.ndarray, seq_events: np.ndarray, cat: int | None) -> Iterator[_Part]:
         """Category popularity (the requested category, else the user's categories), then global popularity."""
@@ -572,10 +446,10 @@ class ServingModel:
 
     def reason(self, source: str, related: int, item: int, similar: bool) -> str:
         """A short human text for why ``item`` is in the list."""
-        if source in ITEM_TO_ITEM:
+        if source in self.relating:
             if related < 0:
                 return "related to what you viewed"
-            template = SIMILAR_REASONS[source] if similar else "because you viewed {}"
+            template = SIMILAR_REASONS.get(source, "related to {}") if similar else "because you viewed {}"
             return template.format(self.item_ids[related])
         if source == FILL_CATEGORY:
             cat = self.item_category[item]

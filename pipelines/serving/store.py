@@ -2,8 +2,9 @@
 
 A store is a directory (default ``<root>/serving``) written atomically: ``recommendations.parquet`` (user_id,
 rank, item_id, score, source, reason, related_item_id) and ``manifest.json`` (the model id it was computed
-with, k, counts). The lists exclude the user's seen items and ignore business rules, which the API applies
-per request; a store whose model id differs from the served model's is stale and not used.
+with, k, counts). The lists are the model's ``rank`` with the user's seen items excluded, exactly what the API
+computes on the fly, and ignore business rules, which the API applies per request; a store whose model id
+differs from the served model's is stale and not used.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pandas as pd
 
 from pipelines.core.atomic import atomic_dir, read_json, write_json
 from pipelines.core.errors import ShoprecError
-from pipelines.serving.model import Lists, ServingModel
+from pipelines.models.base import Ranked
+from pipelines.serving.model import ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def default_store_dir(root: str | Path) -> Path:
     return Path(root) / "serving"
 
 
-def lists_frame(model: ServingModel, users: np.ndarray, lists: Lists) -> pd.DataFrame:
+def lists_frame(model: ServingModel, users: np.ndarray, lists: Ranked) -> pd.DataFrame:
     """Long table of ``lists`` (rows of ``users``), one row per (user, rank), padding dropped."""
     row, col = np.nonzero(lists.items >= 0)
     items, sources, related = lists.items[row, col], lists.sources[row, col], lists.related[row, col]
@@ -100,4 +102,4 @@ def attach_store(model: ServingModel, store_dir: str | Path) -> bool:
     scores[user, col] = frame["score"].to_numpy(np.float32)
     sources[user, col] = frame["source"].map(model.source_index).fillna(-1).to_numpy(np.int16)
     related[user, col] = model.item_index.get_indexer(frame["related_item_id"].fillna(""))
-    return model.attach_store(Lists(items, scores, sources, related), manifest["model_id"])
+    return model.attach_store(Ranked(items, scores, sources, related), manifest["model_id"])

@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.core.config import TrainParams
 from pipelines.features.interactions import Interactions, Vocab
-from pipelines.models import CoVisitation, Popularity, build_model
+from pipelines.models import CoVisitation, Popularity, Transitions, build_model
 from tests.conftest import make_events
 
 
@@ -65,3 +65,34 @@ def test_top_k_matches_a_full_sort(k, n):
     expected = -np.sort(-scores, axis=1)[:, : min(k, n)]
     np.testing.assert_array_equal(vals, expected)
     np.testing.assert_array_equal(np.take_along_axis(scores, idx, axis=1), vals)
+
+
+def test_rank_lists_explain_items_and_pad_past_the_catalogue(history):
+    model = CoVisitation({"view": 1.0}, window=2, history_len=5).fit(history)
+    v = history.vocab.user_codes(["v"])
+    ranked = model.rank(v, k=history.n_items + 2)
+    n_unseen = history.n_items - 1  # v saw only a
+    assert ranked.items.shape == (1, history.n_items + 2)
+    assert (ranked.items[0, n_unseen:] == -1).all() and np.isneginf(ranked.scores[0, n_unseen:]).all()
+    assert (ranked.sources[0, :n_unseen] == 0).all() and model.source_names == ["covisit"]
+    assert history.vocab.items[ranked.items[0, 0]] == "b" and history.vocab.items[ranked.related[0, 0]] == "a"
+    everything = model.rank(v, k=history.n_items, exclude_seen=False)
+    assert "a" in set(history.vocab.items[everything.items[0]])  # seen items follow the request
+    popular = Popularity().fit(history).rank(v, k=3)
+    assert (popular.related == -1).all() and not Popularity.relates_items
+
+
+def test_a_sequence_scores_as_the_same_history_would(history):
+    """``score_sequence`` of a user's own history equals ``score`` of that user, for every source that has it."""
+    from pipelines.models import CategoryPopularity, ItemCosine
+
+    category = np.arange(history.n_items) % 2
+    sources = [CoVisitation({"view": 1.0}, window=2, history_len=2), ItemCosine(history_len=2), Transitions(2),
+               Popularity(), CategoryPopularity(category)]
+    bounds = history.user_bounds
+    for source in sources:
+        source.fit(history)
+        for user in range(history.n_users):
+            span = slice(bounds[user], bounds[user + 1])
+            own = source.score_sequence(history.item[span], history.event[span])
+            np.testing.assert_array_equal(own, source.score(np.array([user]))[0], err_msg=source.name)

@@ -95,6 +95,21 @@ def test_recommend_matches_the_generic_ranking(fitted: SASRec):
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
 
 
+def test_any_sequence_scores_as_a_user_with_that_history(fitted: SASRec):
+    """``score_sequence`` reads the sequence's last max_len items: a user's own history gives the user's scores."""
+    history, max_len = fitted.history, fitted.params.max_len
+    bounds = history.user_bounds
+    for user in range(0, N_USERS, 10):
+        span = slice(bounds[user], bounds[user + 1])
+        own = fitted.score_sequence(history.item[span], history.event[span])
+        np.testing.assert_allclose(own, fitted.score(np.array([user]))[0], rtol=1e-4, atol=1e-4)
+    longer = np.r_[np.arange(N_ITEMS), np.arange(N_ITEMS)]  # only the last max_len items count
+    np.testing.assert_array_equal(fitted.score_sequence(longer, np.zeros(len(longer))),
+                                  fitted.score_sequence(longer[-max_len:], np.zeros(max_len)))
+    empty = fitted.score_sequence(np.zeros(0, dtype=np.int64), np.zeros(0))
+    assert empty.shape == (N_ITEMS,) and np.isfinite(empty).all()
+
+
 def test_with_history_changes_scores_but_not_weights(fitted: SASRec, data: Features):
     model = copy.deepcopy(fitted)
     weights, before = model._network().get_weights(), model.score(np.arange(N_USERS))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipelines.core.config import EvaluateParams, SplitParams, SyntheticParams, TrainParams
@@ -13,10 +15,15 @@ from pipelines.data.generate import generate
 from pipelines.data.split import run_split
 from pipelines.evaluation.evaluate import evaluate_models
 from pipelines.features.encode import Features, load_features, run_features
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.features.ranking import FeatureContext, ItemInfo
-from pipelines.models import CoVisitation, Popularity, Transitions
+from pipelines.models import CoVisitation, Popularity, Recommender, Transitions
 from pipelines.models.candidates import candidate_recall, generate_candidates, labels
 from pipelines.models.train import fit_models
+from pipelines.models.two_stage import TwoStage
+from pipelines.rankers import Ranker
+from pipelines.rankers.base import RankingData
+from tests.conftest import make_events
 
 FAST = TrainParams(sources=["covisit", "itemcos", "transitions", "popularity", "category_popularity"],
                    rankers=["lightgbm"], n_per_source=30)
@@ -29,6 +36,11 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> Features:
     run_split(root / "data", root / "split", SplitParams())
     run_features(root / "split", root / "features")
     return load_features(root / "features")
+
+
+@pytest.fixture(scope="module")
+def trained(features: Features) -> dict[str, Recommender]:
+    return fit_models(features, FAST)
 
 
 def test_candidates_are_the_union_of_source_lists_without_history(features: Features):
@@ -60,29 +72,60 @@ def test_features_have_names_and_no_infinities(features: Features):
     assert (X[:, names.index("user_cat_share_all")] > 0).any()  # synthetic items have categories
 
 
-def test_changing_test_targets_changes_no_model_input(features: Features):
-    """Everything the two-stage model trains on (train history, validation targets) ignores the test targets."""
+def test_changing_test_targets_changes_no_recommendation(features: Features, trained: dict[str, Recommender]):
+    """A two-stage model trained after every test event and target changed gives the same test lists: fitting
+    (sources, rankers, selection, item info) never sees the test fold."""
     changed = features.events.copy()
     test_rows = changed.index[changed["fold"] == "test"]
     changed.loc[test_rows, "item_id"] = changed.loc[test_rows[::-1], "item_id"].to_numpy()
     other = Features(features.vocab, changed, features.targets.assign(
         item_id=np.where(features.targets["fold"] == "test", "i0", features.targets["item_id"])), features.items)
-    for folds in [("train",), ("train", "valid")]:
-        a, b = features.history(folds), other.history(folds)
-        assert np.array_equal(a.item, b.item) and np.array_equal(a.user, b.user)
-    for x, y in zip(features.target_sets("valid"), other.target_sets("valid"), strict=True):
-        assert all(np.array_equal(p, q) for p, q in zip(x, y, strict=True)) if isinstance(x, list) else (x == y).all()
+    retrained = fit_models(other, FAST)["candidate"]
+    model = trained["candidate"]
+    users = features.target_sets("test")[0]
+    assert retrained.report["selection"] == model.report["selection"]
+    mine, theirs = model.rank(users, 20), retrained.rank(users, 20)
+    for field in ("items", "scores", "sources", "related"):
+        np.testing.assert_array_equal(getattr(theirs, field), getattr(mine, field))
 
 
-def test_ranker_beats_its_best_single_source(features: Features):
-    models = fit_models(features, FAST)
-    report = evaluate_models({k: models[k] for k in ("candidate", "baseline")}, features,
+def test_ranker_beats_its_best_single_source(features: Features, trained: dict[str, Recommender]):
+    report = evaluate_models({k: trained[k] for k in ("candidate", "baseline")}, features,
                              EvaluateParams(bootstrap_samples=100), exclude_seen=True)
     ranker = report["models"]["candidate"]["overall"]["ndcg@10"]
     best_source = max(v["ndcg@10"] for k, v in report["components"].items() if k.startswith("source:"))
     assert ranker > best_source
+    assert report["components"]["ranker:lightgbm"] == report["models"]["candidate"]["overall"]
     assert report["validation"]["selection"]["chosen"] == "lightgbm"
     assert report["lift_vs_baseline"]["candidate"]["ndcg@10"]["ci_low"] > 0
+
+
+class SlowRanker(Ranker):
+    """Scores nothing useful and takes ``SLOW_S`` per call: stands for an expensive ranker that is not served."""
+
+    name = "slow"
+    feature_names_: list[str] = []
+
+    def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
+        return self
+
+    def predict(self, data: RankingData) -> np.ndarray:
+        time.sleep(SLOW_S)
+        return np.zeros(data.n_rows, dtype=np.float32)
+
+
+SLOW_S = 2.0
+
+
+def test_scoring_time_is_the_served_path_only(features: Features, trained: dict[str, Recommender]):
+    """The gate's ms_per_user times the chosen ranker's lists, not the evaluation of every other ranker."""
+    model: TwoStage = copy.copy(trained["candidate"])
+    model.rankers = {**model.rankers, "slow": SlowRanker()}
+    report = evaluate_models({"candidate": model}, features, EvaluateParams(bootstrap_samples=0, max_users=200),
+                             exclude_seen=True)
+    assert "ranker:slow" in report["components"]  # the slow ranker was evaluated ...
+    timed_s = report["models"]["candidate"]["ms_per_user"] * report["users"] / 1000
+    assert timed_s < SLOW_S  # ... outside the timed served path
 
 
 def test_fitted_two_stage_round_trips_through_joblib(features: Features, tmp_path: Path):
@@ -93,7 +136,11 @@ def test_fitted_two_stage_round_trips_through_joblib(features: Features, tmp_pat
     again = joblib.load(tmp_path / "m.joblib")
     users = features.target_sets("test")[0][:30]
     np.testing.assert_array_equal(model.recommend(users, 10)[0], again.recommend(users, 10)[0])
-    assert isinstance(pd.DataFrame(model.report_["selection"]["results"]), pd.DataFrame)
+    np.testing.assert_array_equal(model.rank(users, 10).items, again.rank(users, 10).items)
+    selection = again.report["selection"]
+    assert selection == model.report["selection"] and again.ranker_name == "xgboost"
+    assert set(selection["results"]) == {"xgboost"} | {f"source:{name}" for name in FAST.sources}
+    assert all(0 <= r["ndcg@10"] <= r["hr@10"] <= r["hr@20"] <= 1 for r in selection["results"].values())
 
 
 def test_seen_items_can_be_candidates_when_repeats_are_allowed(features: Features):
@@ -105,3 +152,18 @@ def test_seen_items_can_be_candidates_when_repeats_are_allowed(features: Feature
     excluded = generate_candidates(sources, users, 50, exclude_seen=True)
     assert any((u, i) in seen for u, i in zip(allowed.user, allowed.item, strict=True))
     assert not any((u, i) in seen for u, i in zip(excluded.user, excluded.item, strict=True))
+
+
+def test_a_tiny_catalogue_never_pools_seen_items():
+    """Sources whose top n reaches past the unseen items propose only the unseen ones (seen items score -inf)."""
+    rows = [(f"u{u}", f"i{i}", "view", 10 * t) for u in range(5) for t, i in enumerate(range(u, u + 6))]
+    history = Interactions.from_events(make_events(rows), Vocab.build(make_events(rows)))
+    sources = {"covisit": CoVisitation().fit(history), "pop": Popularity().fit(history)}
+    users = np.arange(history.n_users)
+    cands = generate_candidates(sources, users, n_per_source=8)  # 10 items, 6 seen by everyone: 4 left each
+    seen = set(zip(history.user.tolist(), history.item.tolist(), strict=True))
+    assert not {(u, i) for u, i in zip(cands.user.tolist(), cands.item.tolist(), strict=True)} & seen
+    assert all(np.isfinite(s).all() for s in cands.scores.values())
+    assert (cands.group == 4).all()
+    for top in cands.source_top.values():
+        assert top.shape == (len(users), 8) and ((top >= 0).sum(axis=1) == 4).all() and (top[:, 4:] == -1).all()

@@ -126,31 +126,72 @@ def test_lists_are_full_up_to_the_catalogue(served: ServingModel):
     assert len(everything) == n_items  # with seen items allowed, the whole catalogue
 
 
-def test_session_through_the_sequential_model(sasrec_model: ServingModel):
+def session_codes(model: ServingModel, events: list[dict]) -> np.ndarray:
+    return model.item_index.get_indexer([e["item_id"] for e in events]).astype(np.int64)
+
+
+def test_session_runs_the_two_stage_path(sasrec_model: ServingModel):
+    """History + session events go through the model's sources (SASRec among them), features and chosen ranker."""
     model = sasrec_model
     user = active_user(model)
     last = model.history(user)["item_id"].iloc[-1]
     events = [{"item_id": str(model.item_ids[i]), "event_type": "view", "ts": f"2017-12-03T10:0{n}:00Z"}
               for n, i in enumerate([3, 40, 41])]
     anon = model.recommend(None, k=20, recent_events=events)
-    assert len(anon) == 20 and {r.source for r in anon} == {"sasrec"}
-    assert anon[0].reason == "based on your recent activity"
+    sequence = session_codes(model, events)
+    ranked = model.model.rank_sequence(sequence, np.zeros(3, dtype=np.int64), 20)
+    assert [r.item_id for r in anon] == list(model.item_ids[ranked.items[0]])
+    assert {r.source for r in anon} <= set(model.sources) and len(anon) == 20
+    assert all(r.reason == "based on your recent activity" for r in anon if r.source == "sasrec")
     assert not {e["item_id"] for e in events} & {r.item_id for r in anon}
     other = model.recommend(None, k=20, recent_events=[{"item_id": last, "event_type": "cart", "ts": None}])
     assert [r.item_id for r in other] != [r.item_id for r in anon]
     known = model.recommend(user, k=20, recent_events=events)
-    assert {r.source for r in known} == {"sasrec"} and not set(model.history(user)["item_id"]) & {
-        r.item_id for r in known}
+    assert not set(model.history(user)["item_id"]) & {r.item_id for r in known}
+    assert [r.item_id for r in known] != [r.item_id for r in anon]  # the user's history is part of the sequence
     unknown_items = [{"item_id": "not-in-catalogue", "event_type": "view", "ts": "2017-12-03T10:00:00Z"}]
     assert model.recommend(None, k=10, recent_events=unknown_items) == model.recommend(None, k=10)
 
 
-def test_session_without_sequential_model_uses_item_to_item(served: ServingModel):
+def test_session_of_one_view_is_explained_by_it(served: ServingModel):
     pop_top = served.item_ids[served.pop_order[0]]
     recs = served.recommend("new-user", k=20, recent_events=[{"item_id": pop_top, "event_type": "view"}])
-    assert len(recs) == 20 and recs[0].source == "transitions"
-    assert recs[0].reason == f"because you viewed {pop_top}"
-    assert pop_top not in {r.item_id for r in recs}
+    assert len(recs) == 20 and pop_top not in {r.item_id for r in recs}
+    viewed = [r for r in recs if r.source in ("covisit", "transitions")]
+    assert viewed and all(r.reason in (f"because you viewed {pop_top}", "related to what you viewed") for r in viewed)
+    assert any(r.reason == f"because you viewed {pop_top}" for r in viewed)
+
+
+def test_a_model_without_sequence_scoring_serves_its_own_list_with_a_session(project: Project):
+    """A source that cannot score a sequence (random) leaves sessions to the user's own list and the fallbacks."""
+    from pipelines.models import RandomRecommender
+
+    base = ServingModel.load(project.model_dir)
+    model = ServingModel(RandomRecommender(1).fit(base.history_), pd.read_parquet(project.model_dir / "items.parquet"),
+                         base.meta)
+    user = active_user(model)
+    events = [{"item_id": str(model.item_ids[3]), "event_type": "view"}]
+    assert model.model.score_sequence(np.array([3]), np.array([0])) is None
+    recs = model.recommend(user, k=10, recent_events=events)
+    assert [r.source for r in recs] == ["random"] * 10
+    assert {r.source for r in model.recommend(None, k=10, recent_events=events)} <= {"category_popularity",
+                                                                                      "popularity"}
+
+
+def test_seen_items_follow_the_request_in_the_models_own_list(project: Project):
+    """exclude_seen=false lets a single model list the user's seen items itself (not only the popularity fill)."""
+    from pipelines.models import CoVisitation
+
+    base = ServingModel.load(project.model_dir)
+    covisit = CoVisitation(base.event_weights, 3, 20).fit(base.history_)
+    model = ServingModel(covisit, pd.read_parquet(project.model_dir / "items.parquet"), base.meta)
+    user = active_user(model)
+    code = model.user_index.get_loc(user)
+    recs = model.recommend(user, k=30, exclude_seen=False)
+    expected = covisit.rank(np.array([code]), 30, exclude_seen=False).items[0]
+    assert [r.item_id for r in recs] == list(model.item_ids[expected])
+    assert {r.source for r in recs} == {"covisit"} and set(model.history(user)["item_id"]) & {r.item_id for r in recs}
+    assert not set(model.history(user)["item_id"]) & {r.item_id for r in model.recommend(user, k=30)}
 
 
 def test_similar_items(served: ServingModel):
@@ -158,10 +199,27 @@ def test_similar_items(served: ServingModel):
     recs = served.similar(item, k=12)
     assert len(recs) == 12 and item not in {r.item_id for r in recs}
     assert recs[0].source == "covisit" and recs[0].reason == f"often viewed together with {item}"
-    row = served.sources["covisit"].matrix_.getrow(served.item_index.get_loc(item))
-    assert recs[0].item_id == served.item_ids[row.indices[row.data.argmax()]]
+    n, code = len(served.item_ids), served.item_index.get_loc(item)
+    strength = served.sources["covisit"].pair_strength(np.full(n, code), np.arange(n))
+    assert recs[0].item_id == served.item_ids[strength.argmax()]
     with pytest.raises(UnknownItem):
         served.similar("no-such-item")
+
+
+def test_fallbacks_use_the_event_weights_the_model_was_trained_with(project: Project):
+    """Popularity fallbacks weigh events as meta.json's params say; without params, as the pipeline's defaults."""
+    from pipelines.core.config import TrainParams
+
+    base = ServingModel.load(project.model_dir)
+    items = pd.read_parquet(project.model_dir / "items.parquet")
+    weights = {"view": 1.0, "cart": 1.0, "fav": 1.0, "purchase": 50.0}
+    for meta, expected in [({"params": {"event_weights": weights, "popularity_half_life_days": 1.0}}, (weights, 1.0)),
+                           ({}, (TrainParams().event_weights, TrainParams().popularity_half_life_days))]:
+        model = ServingModel(base.model, items, meta)
+        pop = popularity_scores(base.history_, *expected)
+        assert model.event_weights == expected[0]
+        assert [r.item_id for r in model.recommend("never-seen", k=10)] == list(
+            base.item_ids[np.argsort(-pop, kind="stable")[:10]])
 
 
 def test_describe_names_version_and_model(served: ServingModel):

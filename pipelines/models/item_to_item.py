@@ -1,0 +1,62 @@
+"""What the item-to-item sources (co-visitation, item cosine, transitions) share: profile x item-item matrix.
+
+Each source fits an item x item matrix ``matrix_`` and weighs a user's recent events into a profile in its own way
+(``profile_weights``); the score is profile @ matrix. The same weighting builds the profile of any sequence, so
+session lists, explanations ("because you viewed X") and similar items come from the source itself.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.features.interactions import Interactions
+from pipelines.features.ranking import pair_values
+from pipelines.models.base import Recommender
+
+
+class ItemToItem(Recommender):
+    """A source scoring ``profile @ matrix_``; subclasses fit ``matrix_`` and say how events weigh in a profile."""
+
+    relates_items = True
+    matrix_: sp.csr_matrix
+    profile_: sp.csr_matrix
+
+    @abstractmethod
+    def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which events of a history count in the profile (bool mask) and their float32 weights, from each event's
+        type code and how many later events its user has (0 = the newest)."""
+
+    def user_profiles(self, history: Interactions) -> sp.csr_matrix:
+        """User x item profile weights of every user of ``history``."""
+        keep, weights = self.profile_weights(history.event, history.steps_back)
+        return sp.csr_matrix((weights, (history.user[keep], history.item[keep])),
+                             shape=(history.n_users, history.n_items))
+
+    def adjust(self, scores: np.ndarray) -> np.ndarray:
+        """Scores after profile @ matrix (a source may add a prior); unchanged by default."""
+        return scores
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return self.adjust((self.profile_[users] @ self.matrix_).toarray())
+
+    def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """The source's own profile of the sequence (its recency weighting) times its item x item matrix."""
+        items = np.asarray(items, dtype=np.int64)
+        keep, weights = self.profile_weights(np.asarray(events), np.arange(len(items))[::-1])
+        profile = sp.csr_matrix((weights, (np.zeros(int(keep.sum()), dtype=np.int64), items[keep])),
+                                shape=(1, self.matrix_.shape[1]))
+        return self.adjust((profile @ self.matrix_).toarray())[0]
+
+    def pair_strength(self, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """``matrix_[anchor, target]``: how strongly the source leads from the anchor item to the target item."""
+        return pair_values(self.matrix_, anchors, targets)
+
+    def related(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row of ``item`` in ``matrix_``: its neighbours by strength, strongest first (ties in code order)."""
+        row = self.matrix_.getrow(item)
+        order = np.argsort(-row.data, kind="stable")
+        order = order[row.data[order] > 0]
+        return row.indices[order].astype(np.int64), row.data[order].astype(np.float32)
