@@ -31,11 +31,11 @@ def build_source(name: str, params: TrainParams, item_category: np.ndarray | Non
     if name == "sasrec":
         from pipelines.models.sasrec import SASRec
 
-        return SASRec(seed=params.seed, **params.sasrec)
+        return SASRec(params.sasrec, seed=params.seed)
     if name == "lightgcn":
         from pipelines.models.lightgcn import LightGCN
 
-        return LightGCN(seed=params.seed, event_weights=w, **params.lightgcn)
+        return LightGCN(params.lightgcn, seed=params.seed, event_weights=w)
     raise ValueError(f"unknown source {name!r}")
 
 

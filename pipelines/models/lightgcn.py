@@ -22,12 +22,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.core.config import EVENT_WEIGHTS, LightGCNParams, with_overrides
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
@@ -39,39 +40,6 @@ log = logging.getLogger(__name__)
 
 SCORE_BATCH = 1024
 MAX_RESAMPLE = 10  # rounds of redrawing negatives that hit a positive; leftovers are rare and harmless
-DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "fav": 2.0, "cart": 3.0, "purchase": 4.0}
-
-
-@dataclass(frozen=True)
-class LightGCNParams:
-    """Hyper-parameters. ``patience`` counts evaluations (every ``eval_every`` epochs), not epochs.
-
-    Defaults are the best validation NDCG@10 on Amazon Beauty within a 4-minute CPU budget: 3 layers beat 2,
-    lr 1e-2 beat 5e-3 (both stopped by the budget), l2 1e-3 and 4 negatives edged out 1e-4 and 1.
-    """
-
-    dim: int = 64
-    layers: int = 3
-    lr: float = 1e-2
-    l2: float = 1e-3
-    batch_size: int = 2048
-    negatives: int = 4  # per positive edge; their BPR terms are averaged
-    max_epochs: int = 200  # also the number of epochs trained when fit() gets no validation targets
-    patience: int = 3
-    eval_every: int = 5
-    init_std: float = 0.1
-    seed: int = 0
-    time_budget_s: float | None = None
-    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "batch_size", "negatives", "max_epochs", "patience", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"lightgcn: {name} must be >= 1")
-        if self.layers < 0:
-            raise ValueError("lightgcn: layers must be >= 0")
-        if any(w <= 0 for w in self.event_weights.values()):
-            raise ValueError("lightgcn: event weights must be positive")
 
 
 def _tensorflow() -> Any:
@@ -240,8 +208,14 @@ class LightGCN(Recommender):
 
     name = "lightgcn"
 
-    def __init__(self, params: LightGCNParams | None = None, **overrides: Any):
-        self.params = replace(params or LightGCNParams(), **overrides)
+    def __init__(self, params: LightGCNParams | None = None, seed: int = 0,
+                 event_weights: dict[str, float] | None = None, **overrides: Any):
+        """Hyper-parameters and their defaults: ``pipelines.core.config.LightGCNParams`` (``train.lightgcn``)."""
+        self.params = with_overrides(params or LightGCNParams(), overrides)
+        self.seed = seed
+        self.event_weights = dict(event_weights or EVENT_WEIGHTS)
+        if any(w <= 0 for w in self.event_weights.values()):
+            raise ValueError("lightgcn: event weights must be positive")
         self.history_: list[dict[str, float]] = []
         self.best_epoch_ = 0
         self.ego_: np.ndarray | None = None
@@ -253,11 +227,11 @@ class LightGCN(Recommender):
         p, budget = self.params, _Budget(self.params.time_budget_s)  # the clock includes importing Keras
         import keras
 
-        edges = Edges.from_history(history, p.event_weights)
+        edges = Edges.from_history(history, self.event_weights)
         if not len(edges):
             raise ValueError("lightgcn: cannot fit an empty history")
-        keras.utils.set_random_seed(p.seed)
-        rng = np.random.default_rng(p.seed)
+        keras.utils.set_random_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
         self._history = history
         adjacency = normalized_adjacency(edges, history.n_users, history.n_items)
         ego = rng.normal(0.0, p.init_std, size=(adjacency.shape[0], p.dim)).astype(np.float32)
@@ -333,7 +307,7 @@ class LightGCN(Recommender):
         if history.n_users + history.n_items != len(ego) or history.n_items != self.history.n_items:
             raise ValueError(f"{self.name}: history has another vocabulary than the one the model was fitted on")
         self._history = history
-        edges = Edges.from_history(history, self.params.event_weights)
+        edges = Edges.from_history(history, self.event_weights)
         self._embed(normalized_adjacency(edges, history.n_users, history.n_items), ego)
         return self
 

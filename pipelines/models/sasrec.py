@@ -12,12 +12,12 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.core.config import SASRecParams, with_overrides
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
@@ -27,44 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Full softmax materialises (target positions x catalogue) logits per step: at batch 128 x max_len 50 and 20k
-# items that is at most ~0.5 GB with its gradient. Larger catalogues switch to the sampled softmax.
-FULL_SOFTMAX_MAX_ITEMS = 20_000
 SCORE_BATCH = 1024
 BUCKET_POOL = 16  # training batches are formed from pools of this many batches sorted by length
 PAD = 0  # item code c is fed to the network as c + 1, so 0 can mean "no item"
-LossKind = Literal["auto", "softmax", "sampled"]
-
-
-@dataclass(frozen=True)
-class SASRecParams:
-    """Hyper-parameters; ``loss="auto"`` picks the full softmax up to ``full_softmax_max_items`` items."""
-
-    max_len: int = 50
-    dim: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.3
-    lr: float = 1e-3
-    batch_size: int = 128
-    max_epochs: int = 200  # also the number of epochs trained when fit() gets no validation targets
-    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
-    seed: int = 0
-    loss: LossKind = "auto"
-    num_negatives: int = 1024  # shared by the whole batch (sampled softmax only)
-    full_softmax_max_items: int = FULL_SOFTMAX_MAX_ITEMS
-    time_budget_s: float | None = None  # no epoch starts that would end past it (the first always runs)
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("auto", "softmax", "sampled"):
-            raise ValueError(f"sasrec: unknown loss {self.loss!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"sasrec: dim {self.dim} is not divisible by heads {self.heads}")
-
-    def loss_for(self, n_items: int) -> Literal["softmax", "sampled"]:
-        if self.loss != "auto":
-            return self.loss
-        return "softmax" if n_items <= self.full_softmax_max_items else "sampled"
 
 
 def _tensorflow() -> Any:
@@ -316,7 +281,9 @@ class NegativeSampler:
 
 
 class SASRec(Recommender):
-    """Self-attentive sequential recommender; ``SASRec(dim=32)`` or ``SASRec(SASRecParams(...))``.
+    """Self-attentive sequential recommender; ``SASRec(dim=32)`` or ``SASRec(SASRecParams(...), seed=1)``.
+
+    The hyper-parameters and their defaults are ``pipelines.core.config.SASRecParams`` (``train.sasrec``).
 
     After ``fit``: ``history_`` (per-epoch loss, valid ndcg@10, seconds) and ``best_epoch_`` (refit on more data
     without validation targets with ``max_epochs=best_epoch_``).
@@ -324,8 +291,9 @@ class SASRec(Recommender):
 
     name = "sasrec"
 
-    def __init__(self, params: SASRecParams | None = None, **overrides: Any):
-        self.params = replace(params or SASRecParams(), **overrides)
+    def __init__(self, params: SASRecParams | None = None, seed: int = 0, **overrides: Any):
+        self.params = with_overrides(params or SASRecParams(), overrides)
+        self.seed = seed
         self.history_: list[dict[str, float]] = []
         self.best_epoch_ = 0
         self.n_items_ = 0
@@ -339,8 +307,8 @@ class SASRec(Recommender):
         import keras
 
         p = self.params
-        keras.utils.set_random_seed(p.seed)
-        rng = np.random.default_rng(p.seed)
+        keras.utils.set_random_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
         inputs, targets = training_sequences(history, p.max_len)
         if not len(inputs):
             raise ValueError(f"{self.name}: no user has two events to learn a next item from")

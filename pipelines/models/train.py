@@ -27,7 +27,7 @@ def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = 
     known = features.events[features.events["fold"] != "test"]
     info = ItemInfo.build(features.vocab, features.items, known)
     sources = {name: build_source(name, params, info.category) for name in params.sources}
-    rankers = {name: build_ranker(name, **params.ranker_params.get(name, {})) for name in params.rankers}
+    rankers = {name: build_ranker(name, getattr(params.ranker_params, name)) for name in params.rankers}
     model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed, exclude_seen,
                      params.max_ranker_users)
     return model.fit(features.history(("train",)), features.target_sets("valid"), run_jobs)

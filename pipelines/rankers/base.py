@@ -9,6 +9,8 @@ from typing import Any, Self
 
 import numpy as np
 
+from pipelines.core.config import BoostedParams, with_overrides
+
 
 @dataclass
 class RankingData:
@@ -94,20 +96,34 @@ class Ranker(ABC):
 class BoostedRanker(Ranker):
     """A GBDT ranker early-stopped on the valid NDCG@``eval_at``: LightGBM and XGBoost share this setup.
 
-    Keyword arguments override the subclass's ``DEFAULTS`` and go to the library's ranker;
-    ``early_stopping_rounds`` and ``eval_at`` are ours. After ``fit``: ``best_iteration_`` (trees kept) and
-    ``history_`` (valid ndcg per round).
+    ``params`` (the subclass's ``PARAMS`` model, e.g. ``LightGBMParams``) with keyword ``overrides``: every field
+    but ``early_stopping_rounds`` and ``eval_at`` goes to the library's ranker. After ``fit``:
+    ``best_iteration_`` (trees kept) and ``history_`` (valid ndcg per round).
     """
 
-    DEFAULTS: dict[str, Any] = {}
+    PARAMS: type[BoostedParams] = BoostedParams
 
-    def __init__(self, early_stopping_rounds: int = 30, eval_at: int = 10, **params: Any):
-        self.params = {**self.DEFAULTS, **params}
-        self.early_stopping_rounds = early_stopping_rounds
-        self.eval_at = eval_at
+    def __init__(self, params: BoostedParams | None = None, **overrides: Any):
+        self.params = with_overrides(params or self.PARAMS(), overrides)
+        self.early_stopping_rounds = self.params.early_stopping_rounds
+        self.eval_at = self.params.eval_at
         self.best_iteration_ = 0
         self.history_: dict[str, list[float]] = {}
         self._model: Any = None
+
+    def library_params(self) -> dict[str, Any]:
+        """The library's keyword arguments; ``n_jobs`` of None becomes every core of the machine that fits."""
+        library = self.params.model_dump(exclude={"early_stopping_rounds", "eval_at"})
+        if "n_jobs" in library and library["n_jobs"] is None:
+            library["n_jobs"] = machine_cores()
+        return library
+
+
+def machine_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, e.g. a container's CPU set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def importance_shares(names: list[str], values: np.ndarray) -> dict[str, float]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from pipelines.core.config import DeepParams, with_overrides
 from pipelines.rankers.base import Ranker, RankingData
 from pipelines.rankers.metrics import ndcg_at_k_grouped
 
@@ -29,27 +30,6 @@ CLIP = 5.0  # standardised features are clipped to +-CLIP so that outliers canno
 SCALER_SAMPLE = 200_000  # rows used to fit medians, means and scales (plenty for ~40 features)
 PREDICT_BATCH = 65_536
 TRANSFORM_CHUNK = 262_144  # rows per chunk when standardising, to bound temporary memory
-
-
-@dataclass(frozen=True)
-class DeepParams:
-    """Hyper-parameters; ``n_items``/``n_users`` of None are inferred from the training codes."""
-
-    hidden: tuple[int, ...] = (128, 64)
-    item_dim: int = 16  # 0 = no item embedding
-    user_dim: int = 0  # 0 = none: a per-user vector only matters through interactions, so it is opt-in
-    emb_l2: float = 1e-2  # L2 on the embedding tables: rarely seen items shrink towards "no item effect"
-    n_items: int | None = None
-    n_users: int | None = None
-    dropout: float = 0.1
-    code_dropout: float = 0.05  # share of training rows fed as OOV, so unseen items/users get a trained embedding
-    lr: float = 1e-3
-    batch_groups: int = 128
-    max_epochs: int = 50  # also the number of epochs trained when fit() gets no valid data
-    patience: int = 4
-    eval_at: int = 10
-    seed: int = 0
-    time_budget_s: float | None = 150.0
 
 
 def _tensorflow() -> Any:
@@ -217,6 +197,8 @@ class _Groups:
 class DeepRanker(Ranker):
     """Neural listwise ranker; ``DeepRanker(item_dim=32)`` or ``DeepRanker(DeepParams(...))``.
 
+    The hyper-parameters and their defaults are ``pipelines.core.config.DeepParams`` (``train.ranker_params.deep``).
+
     After ``fit``: ``history_`` (per-epoch loss, valid ndcg, seconds) and ``best_iteration_`` (best epoch; refit
     without valid data using ``max_epochs=best_iteration_``).
     """
@@ -224,7 +206,7 @@ class DeepRanker(Ranker):
     name = "deep"
 
     def __init__(self, params: DeepParams | None = None, **overrides: Any):
-        self.params = replace(params or DeepParams(), **overrides)
+        self.params = with_overrides(params or DeepParams(), overrides)
         self.best_iteration_ = 0
         self.history_: dict[str, list[float]] = {}
         self.n_items_ = 0

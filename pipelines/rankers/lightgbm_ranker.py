@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from pipelines.core.config import LightGBMParams
 from pipelines.core.engine import dask_client
 from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
 from pipelines.rankers.distributed import early_stopped, staged_ndcg, to_dask
@@ -20,33 +21,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Sized for ~1-5M rows x ~40 features on 2 shared cores: a 20k-group x 100-row x 40-feature benchmark fits in
-# about 1-2 minutes (lr 0.05, bagging 0.8 and 255 bins cost ~2.5x the time for +0.005 NDCG@10 there).
-# sklearn-API names: feature_fraction = colsample_bytree, bagging_fraction/freq = subsample/subsample_freq.
-# deterministic + force_row_wise make reruns bit-identical.
-DEFAULTS: dict[str, Any] = {
-    "n_estimators": 500,
-    "learning_rate": 0.1,
-    "num_leaves": 63,
-    "min_child_samples": 50,
-    "colsample_bytree": 0.8,
-    "subsample": 0.5,
-    "subsample_freq": 1,
-    "reg_lambda": 1.0,
-    "max_bin": 63,
-    "n_jobs": 2,
-    "random_state": 0,
-    "deterministic": True,
-    "force_row_wise": True,
-    "verbose": -1,
-}
-
 
 class LightGBMRanker(BoostedRanker):
     """``LGBMRanker`` with objective lambdarank, early-stopped on the valid NDCG@``eval_at`` (see ``BoostedRanker``)."""
 
     name = "lightgbm"
-    DEFAULTS = DEFAULTS
+    PARAMS = LightGBMParams
 
     def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
         """Boost up to ``n_estimators`` trees; with ``valid``, stop after ``early_stopping_rounds`` without gain."""
@@ -57,7 +37,7 @@ class LightGBMRanker(BoostedRanker):
         client = dask_client()
         if client is not None:
             return self._fit_dask(client, train, valid)
-        model = lgb.LGBMRanker(objective="lambdarank", metric="ndcg", **self.params)
+        model = lgb.LGBMRanker(objective="lambdarank", metric="ndcg", **self.library_params())
         record: dict[str, dict[str, list[float]]] = {}
         callbacks = [lgb.record_evaluation(record)]
         eval_args: dict[str, Any] = {}
@@ -78,7 +58,7 @@ class LightGBMRanker(BoostedRanker):
         import lightgbm as lgb
 
         data = to_dask(train, client)
-        params = {k: v for k, v in self.params.items() if k != "n_jobs"}  # a worker uses its own threads
+        params = {k: v for k, v in self.library_params().items() if k != "n_jobs"}  # a worker uses its own threads
         model = lgb.DaskLGBMRanker(client=client, objective="lambdarank", metric="ndcg", **params)
         with client.as_current():  # lightgbm.dask waits on futures through the current client
             model.fit(data.X, data.y, group=data.group)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from pipelines.core.config import XGBoostParams
 from pipelines.core.engine import dask_client
 from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
 from pipelines.rankers.distributed import to_dask
@@ -20,32 +21,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Depth 6 (<= 64 leaves) matches LightGBM's num_leaves=63 in capacity; "topk" pairs with a truncation level of
-# 10 optimise NDCG@10 directly (in XGBoost >= 2 lambdarank_num_pair_per_sample is the top-k level for "topk").
-# Row subsampling 0.5 and 64 bins roughly halve the time per tree at no visible cost on the benchmark.
-DEFAULTS: dict[str, Any] = {
-    "n_estimators": 500,
-    "learning_rate": 0.1,
-    "max_depth": 6,
-    "min_child_weight": 1.0,
-    "subsample": 0.5,
-    "colsample_bytree": 0.8,
-    "reg_lambda": 1.0,
-    "max_bin": 64,
-    "tree_method": "hist",
-    "lambdarank_pair_method": "topk",
-    "lambdarank_num_pair_per_sample": 10,
-    "n_jobs": 2,
-    "random_state": 0,
-    "verbosity": 0,
-}
-
 
 class XGBoostRanker(BoostedRanker):
     """``XGBRanker`` with objective rank:ndcg, early-stopped on the valid NDCG@``eval_at`` (see ``BoostedRanker``)."""
 
     name = "xgboost"
-    DEFAULTS = DEFAULTS
+    PARAMS = XGBoostParams
 
     def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
         """Boost up to ``n_estimators`` trees; with ``valid``, stop after ``early_stopping_rounds`` without gain."""
@@ -54,7 +35,8 @@ class XGBoostRanker(BoostedRanker):
 
         self.feature_names_ = list(train.feature_names)
         settings = {"objective": "rank:ndcg", "eval_metric": f"ndcg@{self.eval_at}",
-                    "early_stopping_rounds": self.early_stopping_rounds if valid is not None else None, **self.params}
+                    "early_stopping_rounds": self.early_stopping_rounds if valid is not None else None,
+                    **self.library_params()}
         client = dask_client()
         if client is None:
             model = xgb.XGBRanker(**settings)

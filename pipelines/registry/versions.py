@@ -43,6 +43,7 @@ PREVIOUS = "previous_champion"
 GATE_TAG = "gate"
 METRIC_KS = (5, 10, 20)
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch request (every hyper-parameter is a param: ~120)
 LOCK_TIMEOUT_S = 600  # a registration takes seconds; this only bounds a wait on a crashed holder's stale lock
 
 
@@ -202,8 +203,10 @@ def log_training_run(paths: Paths, params: Params) -> RunRecord:
         run_id = run.info.run_id
         try:
             now = int(time.time() * 1000)
-            reg.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                             params=[Param(k, v) for k, v in flatten(params.model_dump(by_alias=True)).items()])
+            logged = [Param(k, v) for k, v in flatten(params.model_dump(by_alias=True, mode="json")).items()]
+            reg.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+            for start in range(0, len(logged), PARAMS_PER_BATCH):
+                reg.log_batch(run_id, params=logged[start: start + PARAMS_PER_BATCH])
             with tempfile.TemporaryDirectory() as tmp:
                 write_json(Path(tmp) / "data_version.json", inputs)
                 reg.log_artifact(run_id, str(Path(tmp) / "data_version.json"), "data")

@@ -48,7 +48,7 @@ def test_bad_params_name_the_field(tmp_path, text, fragment):
 
 def test_overrides_set_nested_fields_and_are_checked(tmp_path):
     params = load_params("params.yaml", ["train.sasrec.time_budget_s=5", "split.protocol=temporal"])
-    assert params.train.sasrec["time_budget_s"] == 5 and params.split.protocol == "temporal"
+    assert params.train.sasrec.time_budget_s == 5 and params.split.protocol == "temporal"
     with pytest.raises(ShoprecError, match="split.protocol"):
         load_params("params.yaml", ["split.protocol=random"])
     with pytest.raises(ShoprecError, match="KEY=VALUE"):

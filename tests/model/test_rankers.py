@@ -7,6 +7,7 @@ orders the rows well, so a ranker has to learn the interaction to beat the best 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import joblib
@@ -153,6 +154,21 @@ def test_nan_features_work(name: str) -> None:
 def test_without_valid_trains_every_round(name: str, cap: dict[str, int], data: dict[str, RankingData]) -> None:
     ranker = build_ranker(name, **{**PARAMS[name], **cap}).fit(data["train"])
     assert ranker.best_iteration_ == next(iter(cap.values()))
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
+def test_gbdt_threads_default_to_every_core(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hard-coded thread count: ``n_jobs`` of null is every core this process may use; a number is kept."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    small = make_data(20, seed=9)
+    assert build_ranker(name, n_estimators=2).fit(small)._model.get_params()["n_jobs"] == 7
+    assert build_ranker(name, n_estimators=2, n_jobs=1).fit(small)._model.get_params()["n_jobs"] == 1
+
+
+def test_a_misspelt_ranker_parameter_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_leafs"):
+        build_ranker("lightgbm", num_leafs=7)
 
 
 def test_build_ranker_rejects_unknown_names() -> None:
