@@ -83,7 +83,7 @@ def training(
     params_path: str = "params.yaml", root: str = ".", source: str | None = None,
     data_rev: str | None = None, data_path: str | None = None, overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Pull the pinned data, then ingest, validate, split, features, train, evaluate, gate and register.
+    """Pull the pinned data, then ingest, validate, split, features, train, champion, evaluate, gate and register.
 
     ``params_path`` is relative to ``root`` (or absolute); ``source`` overrides ``data.source``; ``data_rev`` (a
     git tag or commit) with ``data_path`` (the DVC-tracked path the source reads) pins the data version;

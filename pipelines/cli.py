@@ -111,6 +111,7 @@ def _stage_command(name: str, doc: str) -> None:
 _stage_command("split", "Split the validated data into train / valid / test folds and targets.")
 _stage_command("features", "Encode the split for the models.")
 _stage_command("train", "Fit the configured model and the popularity baseline.")
+_stage_command("champion", "Record the registered champion the candidate is measured against (models/champion.json).")
 _stage_command("evaluate", "Full-ranking metrics on the test targets.")
 
 

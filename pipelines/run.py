@@ -39,6 +39,9 @@ def stages(
 ) -> list[tuple[str, Callable[[], Any]]]:
     """Each stage as (name, thunk), in dependency order; heavy libraries are imported when a stage runs.
 
+    ``champion`` records which registered champion the new candidate is measured against
+    (``models/champion.json``); evaluate reads the champion from there.
+
     ``run_jobs`` runs the train stage's independent model fits (default: one after another).
     """
 
@@ -67,12 +70,17 @@ def stages(
 
         return run_train(paths.features, paths.candidate, params.train, params.split.exclude_seen, run_jobs)
 
+    def champion() -> Any:
+        from pipelines.registry.versions import write_champion_record
+
+        return write_champion_record(paths.root)
+
     def evaluate() -> Any:
         from pipelines.evaluation.champion import Champion
         from pipelines.evaluation.evaluate import run_evaluate
-        from pipelines.registry.versions import champion_dir
+        from pipelines.registry.versions import recorded_champion
 
-        found = champion_dir(paths.root)
+        found = recorded_champion(paths.root)
         champion = Champion.load(*found) if found else None
         return run_evaluate(paths.features, paths.candidate, paths.metrics, params.evaluate, params.split, champion)
 
@@ -88,4 +96,4 @@ def stages(
         return run_register(paths, params)
 
     return [("ingest", ingest), ("validate", validate), ("split", split), ("features", features),
-            ("train", train), ("evaluate", evaluate), ("gate", gate), ("register", register)]
+            ("train", train), ("champion", champion), ("evaluate", evaluate), ("gate", gate), ("register", register)]

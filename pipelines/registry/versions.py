@@ -7,6 +7,11 @@ Aliases: ``champion`` is the version to serve (``models:/shoprec@champion``), ``
 replaced, which ``rollback`` restores. Every alias move is one ``set_registered_model_alias`` call, which the
 store applies atomically, so a reader of ``champion`` sees either the old or the new version, never a gap.
 Concurrent promotions are last-writer-wins on ``champion``.
+
+``models/champion.json`` makes the champion an input DVC can see: the registered champion that the candidate in
+``models/candidate`` is measured against (see ``champion_to_beat``). The ``champion`` stage writes it before
+evaluate, which reads the champion through it, and every ``promote`` and ``rollback`` rewrites it, so a
+rollback or a manual promotion shows up in ``dvc status`` as a changed input of evaluate.
 """
 
 from __future__ import annotations
@@ -244,15 +249,64 @@ def local_dir(source: str, root: str | Path = ".") -> Path:
     return Path(download_artifacts(artifact_uri=source, tracking_uri=tracking_uri(root)))
 
 
-def champion_dir(root: str | Path = ".") -> tuple[str, Path] | None:
-    """The champion's version and a local directory with its model files, or None before the first promotion."""
+def _registered(root: str | Path) -> MlflowClient | None:
+    """A client of the store if ``shoprec`` is registered there; None otherwise (and no store is created)."""
     if not Path(root, "mlflow.db").exists() and "MLFLOW_TRACKING_URI" not in os.environ:
         return None  # no store yet: do not create one just to find it empty
     reg = client(root)
-    version = _alias_version(reg, CHAMPION) if reg.search_registered_models(f"name='{MODEL_NAME}'") else None
+    return reg if reg.search_registered_models(f"name='{MODEL_NAME}'") else None
+
+
+def champion_dir(root: str | Path = ".") -> tuple[str, Path] | None:
+    """The champion's version and a local directory with its model files, or None before the first promotion."""
+    reg = _registered(root)
+    version = _alias_version(reg, CHAMPION) if reg is not None else None
     if version is None:
         return None
     return version, local_dir(reg.get_model_version(MODEL_NAME, version).source, root)
+
+
+def champion_record_path(root: str | Path = ".") -> Path:
+    """``models/champion.json``: beside the candidate it describes, and a dep of evaluate in dvc.yaml."""
+    return Path(root) / "models" / "champion.json"
+
+
+def champion_to_beat(reg: MlflowClient, root: str | Path = ".") -> dict[str, str | None]:
+    """The registered version the candidate in ``root/models/candidate`` is measured against: the champion, or,
+    once the candidate is itself the champion (same model files), the champion it replaced.
+
+    So promoting the candidate it just evaluated leaves the answer unchanged (that evaluation stays valid), while
+    a rollback or a promotion of another version changes it. ``{"version": None}`` when there is none.
+    """
+    candidate = Paths(Path(root)).candidate
+    own = _tree_md5(candidate) if candidate.is_dir() else None
+    for alias in (CHAMPION, PREVIOUS):
+        version = _alias_version(reg, alias)
+        if version is None:
+            break
+        source = reg.get_model_version(MODEL_NAME, version).source
+        model_md5 = _tree_md5(local_dir(source, root))
+        if model_md5 != own:
+            return {"version": version, "source": source, "model_md5": model_md5}
+    return {"version": None}
+
+
+def write_champion_record(root: str | Path = ".") -> dict[str, str | None]:
+    """Write ``models/champion.json`` (``champion_to_beat``) atomically; no registry yet means no champion."""
+    with registry_lock(root):
+        reg = _registered(root)
+        record = champion_to_beat(reg, root) if reg is not None else {"version": None}
+        write_json(champion_record_path(root), record)
+        return record
+
+
+def recorded_champion(root: str | Path = ".") -> tuple[str, Path] | None:
+    """The champion to evaluate against, read through ``models/champion.json`` (written first when missing)."""
+    path = champion_record_path(root)
+    record = read_json(path) if path.exists() else write_champion_record(root)
+    if record["version"] is None:
+        return None
+    return record["version"], local_dir(record["source"], root)
 
 
 def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bool:
@@ -268,13 +322,13 @@ def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bo
         if not gate_passed:
             return False
         current = _alias_version(reg, CHAMPION)
-        if current == version:
-            return True
-        if current is not None:
-            reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
-        reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", promoted_at)
+        if current != version:
+            if current is not None:
+                reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
+            reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+            promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", promoted_at)
+        write_champion_record(root)
         return True
 
 
@@ -290,6 +344,7 @@ def rollback(root: str | Path = ".") -> str:
         reg.delete_registered_model_alias(MODEL_NAME, PREVIOUS)
         if demoted is not None:
             reg.set_model_version_tag(MODEL_NAME, demoted, "rolled_back", "true")
+        write_champion_record(root)
         return previous
 
 
