@@ -7,6 +7,7 @@ constants: time windows are quantiles of the history's own time span.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,9 @@ import scipy.sparse as sp
 
 from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions, Vocab
-from pipelines.models.candidates import Candidates
+
+if TYPE_CHECKING:  # models import these features (item_to_item): a runtime import would be circular
+    from pipelines.models.candidates import Candidates
 
 MAX_ATTRIBUTES = 16  # per item; more are truncated (keeps the gather table small)
 RECENT_ITEMS = 10  # the user's recent items whose attributes form the user's taste profile
