@@ -12,6 +12,11 @@ import scipy.sparse as sp
 from pipelines.data.schema import EVENT_TYPES
 
 
+def event_weight_table(weights: dict[str, float]) -> np.ndarray:
+    """float32 weight per event type code (in ``EVENT_TYPES`` order); types not named weigh 1."""
+    return np.array([weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
+
+
 @dataclass
 class Vocab:
     """Maps external string ids to dense codes; fixed for a run so all models rank the same catalogue."""
@@ -76,8 +81,7 @@ class Interactions:
         return len(self.user)
 
     def event_weights(self, weights: dict[str, float]) -> np.ndarray:
-        table = np.array([weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
-        return table[self.event]
+        return event_weight_table(weights)[self.event]
 
     @cached_property
     def seen(self) -> sp.csr_matrix:

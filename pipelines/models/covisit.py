@@ -7,8 +7,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.data.schema import EVENT_TYPES
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, event_weight_table
 from pipelines.models.base import Targets
 from pipelines.models.item_to_item import ItemToItem
 from pipelines.models.popularity import popularity_scores
@@ -44,8 +43,7 @@ def recent_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The last ``history_len`` events of a user (mask) and their weights: event weight / (1 + steps back)."""
     keep = steps_back < history_len
-    table = np.array([event_weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
-    return keep, (table[events[keep]] / (1.0 + steps_back[keep])).astype(np.float32)
+    return keep, (event_weight_table(event_weights)[events[keep]] / (1.0 + steps_back[keep])).astype(np.float32)
 
 
 class CoVisitation(ItemToItem):

@@ -7,8 +7,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.data.schema import EVENT_TYPES
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, event_weight_table
 from pipelines.models.base import Recommender, Targets
 
 DAY = 86_400.0
@@ -72,7 +71,7 @@ class CategoryPopularity(Recommender):
     def _affinity(self, users: np.ndarray, items: np.ndarray, events: np.ndarray, n_users: int) -> sp.csr_matrix:
         """User x category-slot shares of the users' event weights (rows sum to 1, or 0 without known categories)."""
         n_cat = int(self.item_category.max(initial=-1)) + 2  # as in fit: the last slot is "unknown"
-        table = np.array([self.event_weights.get(name, 1.0) for name in EVENT_TYPES], dtype=np.float32)
+        table = event_weight_table(self.event_weights)
         slot = self.cat_slot_[items]
         known = slot != n_cat - 1  # an unknown category says nothing about taste
         affinity = sp.csr_matrix((table[events][known], (users[known], slot[known])), shape=(n_users, n_cat))

@@ -28,7 +28,7 @@ import pandas as pd
 from pipelines.core.config import TrainParams
 from pipelines.core.errors import ShoprecError
 from pipelines.data.schema import EVENT_TYPES
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, event_weight_table
 from pipelines.models.base import Ranked, Recommender
 from pipelines.models.popularity import popularity_scores
 
@@ -149,7 +149,7 @@ class ServingModel:
         # the parameters the model was trained with (meta.json); the pipeline's defaults where meta has none
         params, defaults = meta.get("params", {}), TrainParams()
         self.event_weights: dict[str, float] = params.get("event_weights", defaults.event_weights)
-        self._event_weight = np.array([self.event_weights.get(e, 1.0) for e in EVENT_TYPES], dtype=np.float32)
+        self._event_weight = event_weight_table(self.event_weights)
         pop = popularity_scores(self.history_, self.event_weights,
                                 params.get("popularity_half_life_days", defaults.popularity_half_life_days))
         self.popularity = np.asarray(pop, dtype=np.float32) / max(float(np.max(pop, initial=0.0)), 1e-9)
