@@ -16,6 +16,8 @@ from pathlib import Path
 
 PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 PROJECT = "shoprec"
+# what the venv itself brings, as `pip freeze` leaves out: pinning them would reinstall the installer mid-install
+TOOLING = {"pip", "setuptools", "wheel"}
 
 
 def bad_lines(lines: list[str]) -> list[str]:
@@ -26,8 +28,8 @@ def bad_lines(lines: list[str]) -> list[str]:
 def pins(freeze_output: str) -> list[str]:
     """Sorted pins from `pip list --format=freeze` output, without the project itself."""
     lines = [line.strip() for line in freeze_output.splitlines() if line.strip()]
-    lines = [line for line in lines if line.split("==")[0].lower() != PROJECT]
-    return sorted(lines, key=str.lower)
+    lines = [line for line in lines if line.split("==")[0].lower() not in {PROJECT, *TOOLING}]
+    return sorted(lines, key=lambda line: line.split("==")[0].lower())
 
 
 def main(out: str = "requirements.lock") -> int:
