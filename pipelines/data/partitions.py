@@ -25,9 +25,10 @@ ROWS_PER_PARTITION = 2_000_000  # ~0.5-1 GB of pandas per part for the per-user 
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
-def partition_count(rows: int, rows_per_partition: int = ROWS_PER_PARTITION) -> int:
-    """How many user buckets a data set of ``rows`` events is cut into (at least one)."""
-    return max(1, math.ceil(rows / rows_per_partition))
+def partition_count(rows: int, rows_per_partition: int | None = None) -> int:
+    """How many user buckets a data set of ``rows`` events is cut into (at least one); ``ROWS_PER_PARTITION``
+    rows each unless told otherwise."""
+    return max(1, math.ceil(rows / (rows_per_partition or ROWS_PER_PARTITION)))
 
 
 def stable_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -7,20 +7,35 @@ events the history for test. Targets live in a separate table so that no model i
   ``exclude_seen``) is the test target and the one before it the validation target.
 * ``temporal``: a global time cut; the last ``test_days`` are test, the ``valid_days`` before validation.
   Each user's targets are the new items of that window.
+
+Both protocols are per user (the temporal cut is global, but computed once before), so the stage splits a data
+set one part of whole users at a time (``pipelines.data.partitions``) and memory holds one part, whatever the
+size of the log. The output mirrors the parts: ``events/part-*.parquet`` and ``targets/part-*.parquet``.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, write_json
 from pipelines.core.config import SplitParams
-from pipelines.core.errors import ShoprecError
-from pipelines.data.events_io import read_events, read_items, write_items
+from pipelines.core.errors import DataError, ShoprecError
+from pipelines.data.events_io import read_items, write_items
+from pipelines.data.partitions import partition_count, shuffle_by_user
+from pipelines.data.schema import EVENTS_SCHEMA, Manifest, events_dir
+
+log = logging.getLogger(__name__)
 
 FOLDS = ("train", "valid", "test")
 TARGET_COLUMNS = ["user_id", "item_id", "event_type"]
@@ -72,10 +87,12 @@ def leave_one_out(events: pd.DataFrame, exclude_seen: bool = True) -> Split:
     return Split(events=ev, targets=targets)
 
 
-def temporal(events: pd.DataFrame, test_days: float, valid_days: float, exclude_seen: bool = True) -> Split:
-    """Global time cut: the last ``test_days`` are test, the ``valid_days`` before them validation."""
+def temporal(events: pd.DataFrame, test_days: float, valid_days: float, exclude_seen: bool = True,
+             end: pd.Timestamp | None = None) -> Split:
+    """Global time cut: the last ``test_days`` before ``end`` (default: the newest event) are test, the
+    ``valid_days`` before them validation. A part of a larger data set passes the whole data set's ``end``."""
     ev = _order(events)
-    end = ev["ts"].max()
+    end = ev["ts"].max() if end is None else end
     test_start = end - pd.Timedelta(days=test_days)
     valid_start = test_start - pd.Timedelta(days=valid_days)
     fold = np.where(ev["ts"] > test_start, "test", np.where(ev["ts"] > valid_start, "valid", "train"))
@@ -89,30 +106,64 @@ def temporal(events: pd.DataFrame, test_days: float, valid_days: float, exclude_
     return Split(events=ev, targets=pd.concat(parts).reset_index(drop=True))
 
 
-def make_split(events: pd.DataFrame, params: SplitParams) -> Split:
+def make_split(events: pd.DataFrame, params: SplitParams, end: pd.Timestamp | None = None) -> Split:
+    """Split ``events`` (whole users); ``end`` is the newest event of the whole data set (temporal protocol)."""
     if params.protocol == "leave_one_out":
-        split = leave_one_out(events, params.exclude_seen)
-    else:
-        split = temporal(events, params.test_days, params.valid_days, params.exclude_seen)
-    if split.targets.empty:
-        raise ShoprecError(f"split: protocol {params.protocol} produced no targets (too few events per user?)")
-    return split
+        return leave_one_out(events, params.exclude_seen)
+    return temporal(events, params.test_days, params.valid_days, params.exclude_seen, end)
 
 
-def run_split(dataset_dir: str | Path, out_dir: str | Path, params: SplitParams) -> dict[str, int]:
-    """Stage entry point: split a validated data set into ``out_dir`` (events.parquet, targets.parquet)."""
-    split = make_split(read_events(dataset_dir), params)
-    items = read_items(dataset_dir)
-    with atomic_dir(out_dir) as tmp:
-        split.events.to_parquet(tmp / "events.parquet", index=False)
-        split.targets.to_parquet(tmp / "targets.parquet", index=False)
+def run_split(dataset_dir: str | Path, out_dir: str | Path, params: SplitParams) -> dict[str, int | str]:
+    """Stage entry point: split a validated data set into ``out_dir``, one part of whole users at a time.
+
+    Writes ``events/`` (canonical events + ``fold``) and ``targets/`` parts named like the user parts, the
+    catalogue (``items.parquet``) when there is one, and ``summary.json``.
+    """
+    totals: Counter[str] = Counter()
+    with user_parts(Path(dataset_dir)) as parts, atomic_dir(out_dir) as tmp:
+        end = _newest(parts) if params.protocol == "temporal" else None
+        (tmp / "events").mkdir()
+        (tmp / "targets").mkdir()
+        for n, path in enumerate(parts, 1):
+            split = make_split(_read_part(path), params, end)
+            split.events.to_parquet(tmp / "events" / path.name, index=False)
+            split.targets.to_parquet(tmp / "targets" / path.name, index=False)
+            totals["events"] += len(split.events)
+            totals.update({f"{f}_events": int((split.events["fold"] == f).sum()) for f in FOLDS})
+            totals.update({f"{f}_targets": int((split.targets["fold"] == f).sum()) for f in ("valid", "test")})
+            log.info("split part=%d/%d events=%d", n, len(parts), len(split.events))
+        if not totals["valid_targets"] + totals["test_targets"]:
+            raise ShoprecError(f"split: protocol {params.protocol} produced no targets (too few events per user?)")
+        items = read_items(dataset_dir)
         if items is not None:
             write_items(items, tmp / "items.parquet")
-        summary = {
-            "protocol": params.protocol,
-            "events": len(split.events),
-            **{f"{f}_events": int((split.events["fold"] == f).sum()) for f in FOLDS},
-            **{f"{f}_targets": int((split.targets["fold"] == f).sum()) for f in ("valid", "test")},
-        }
+        summary = {"protocol": params.protocol, "parts": len(parts), "events": totals["events"],
+                   **{f"{f}_events": totals[f"{f}_events"] for f in FOLDS},
+                   **{f"{f}_targets": totals[f"{f}_targets"] for f in ("valid", "test")}}
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+@contextmanager
+def user_parts(dataset_dir: Path) -> Iterator[list[Path]]:
+    """The data set's event parts as parts of whole users: as they are when validation wrote them so (its manifest
+    says ``partitions``), else shuffled into user buckets in a temporary directory beside ``dataset_dir``."""
+    parts = sorted(events_dir(dataset_dir).glob("*.parquet"))
+    if not parts:
+        raise DataError(events_dir(dataset_dir), "no events parquet parts; run `shoprec validate` first")
+    manifest = Manifest.read(dataset_dir)
+    if manifest.extra.get("partitions") == len(parts) or len(parts) == 1:
+        yield parts
+        return
+    with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=".split-buckets-") as tmp:
+        yield shuffle_by_user(parts, Path(tmp), partition_count(manifest.rows))
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    return pq.read_table(path, schema=EVENTS_SCHEMA).to_pandas()
+
+
+def _newest(parts: list[Path]) -> pd.Timestamp:
+    """The newest event of all parts (reads the ``ts`` column only)."""
+    newest = max(pc.max(pq.read_table(p, columns=["ts"], schema=EVENTS_SCHEMA)["ts"]).as_py() for p in parts)
+    return pd.Timestamp(newest)

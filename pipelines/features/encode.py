@@ -76,8 +76,8 @@ def _finish(counts: pd.DataFrame, key: str) -> pd.DataFrame:
 def run_features(split_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     """Stage entry point: read ``split_dir`` and write the encoded features to ``out_dir``."""
     split_dir = Path(split_dir)
-    events = pd.read_parquet(split_dir / "events.parquet")
-    targets = pd.read_parquet(split_dir / "targets.parquet")
+    events = pd.read_parquet(split_dir / "events")  # the split's parts of whole users, in part order
+    targets = pd.read_parquet(split_dir / "targets")
     items_file = split_dir / "items.parquet"
     items = pd.read_parquet(items_file) if items_file.exists() else None
     vocab = Vocab.build(events, items)
@@ -91,7 +91,7 @@ def run_features(split_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
         if items is not None:
             items.to_parquet(tmp / "items.parquet", index=False)
         # engine-chosen: pandas here, Dask DataFrames over the split's Parquet when a cluster is configured
-        known = read_parquet(split_dir / "events.parquet", ["user_id", "item_id", "event_type"],
+        known = read_parquet(split_dir / "events", ["user_id", "item_id", "event_type"],
                              filters=[("fold", "!=", "test")])
         item_stats(known).to_parquet(tmp / "item_stats.parquet", index=False)
         user_stats(known).to_parquet(tmp / "user_stats.parquet", index=False)

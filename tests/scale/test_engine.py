@@ -22,14 +22,15 @@ KNOWN = [("fold", "!=", "test")]
 
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A split of 400 synthetic users, events.parquet written in small row groups (several Dask partitions)."""
+    """A split of 400 synthetic users, events written in small row groups (several Dask partitions)."""
     root = tmp_path_factory.mktemp("split")
     generate(root / "data", SyntheticParams(users=400, items=300, categories=12, events_per_user=25))
     split = make_split(read_events(root / "data"), SplitParams())
     out = root / "split"
-    out.mkdir()
-    split.events.to_parquet(out / "events.parquet", index=False, row_group_size=2_000)
-    split.targets.to_parquet(out / "targets.parquet", index=False)
+    for what in ("events", "targets"):
+        (out / what).mkdir(parents=True)
+    split.events.to_parquet(out / "events" / "part-00000.parquet", index=False, row_group_size=2_000)
+    split.targets.to_parquet(out / "targets" / "part-00000.parquet", index=False)
     return out
 
 
@@ -46,7 +47,7 @@ def test_one_machine_is_the_default(split_dir: Path, on_one_machine: None) -> No
     assert engine.dask_address() is None
     assert engine.dask_client() is None
     assert engine.backend() == "pandas"
-    assert isinstance(engine.read_parquet(split_dir / "events.parquet", COLUMNS, filters=KNOWN), pd.DataFrame)
+    assert isinstance(engine.read_parquet(split_dir / "events", COLUMNS, filters=KNOWN), pd.DataFrame)
 
 
 def test_empty_address_means_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,16 +56,16 @@ def test_empty_address_means_one_machine(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_item_stats_unchanged_against_the_previous_implementation(split_dir: Path, on_one_machine: None) -> None:
-    events = pd.read_parquet(split_dir / "events.parquet")
+    events = pd.read_parquet(split_dir / "events")
     expected = item_stats_before_the_engine(events[events["fold"] != "test"])
-    got = item_stats(engine.read_parquet(split_dir / "events.parquet", COLUMNS, filters=KNOWN))
+    got = item_stats(engine.read_parquet(split_dir / "events", COLUMNS, filters=KNOWN))
     pd.testing.assert_frame_equal(got, expected)
 
 
 def test_dask_backend_is_lazy_and_reads_partitions(split_dir: Path, on_dask: str) -> None:
     import dask.dataframe as dd
 
-    frame = engine.read_parquet(split_dir / "events.parquet", COLUMNS, filters=KNOWN)
+    frame = engine.read_parquet(split_dir / "events", COLUMNS, filters=KNOWN)
     assert engine.backend() == "dask"
     assert isinstance(frame, dd.DataFrame)
     assert frame.npartitions > 1
@@ -75,9 +76,9 @@ def test_dask_backend_is_lazy_and_reads_partitions(split_dir: Path, on_dask: str
 def test_aggregations_equal_on_pandas_and_dask(split_dir: Path, stats, monkeypatch: pytest.MonkeyPatch,
                                                dask_cluster) -> None:
     monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
-    local = stats(engine.read_parquet(split_dir / "events.parquet", COLUMNS, filters=KNOWN))
+    local = stats(engine.read_parquet(split_dir / "events", COLUMNS, filters=KNOWN))
     monkeypatch.setenv(engine.ADDRESS_ENV, dask_cluster.scheduler_address)
-    distributed = stats(engine.read_parquet(split_dir / "events.parquet", COLUMNS, filters=KNOWN))
+    distributed = stats(engine.read_parquet(split_dir / "events", COLUMNS, filters=KNOWN))
     pd.testing.assert_frame_equal(distributed, local)
     assert len(local) > 100 and local.iloc[:, 1:5].to_numpy().sum() > 0
 
