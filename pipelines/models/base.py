@@ -10,10 +10,12 @@ something says so through that capability, never through the caller testing its 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
 
@@ -22,12 +24,17 @@ Targets = tuple[np.ndarray, list[np.ndarray]]
 
 RECENT_ITEMS = 10  # how far back an explanation ("because you viewed X") looks for the most related item
 
+# users x items cells of one dense score matrix (128 MB of float32): at 10M events (250k items) 1024-user candidate
+# batches held ~6 GB of dense scores across the sources.
+CELL_BUDGET = 1 << 25
+
 
 def top_k(scores: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of each row's k largest scores, best first.
+    """Indices and values of each row's k largest (float32) scores, best first, the lower index first among equals.
 
-    Exact, and several times faster than a row-wise argpartition over the whole catalogue: the top k
-    values lie in the k blocks with the largest maxima, so only those blocks are partitioned.
+    Exact, and several times faster than a row-wise argpartition over the whole catalogue: the top k values lie in
+    the k blocks with the largest maxima, which give each row's k-th value; only blocks reaching it are read again
+    to cut ties by index (so sparse candidate paths can reproduce the same lists).
     """
     n_rows, n = scores.shape
     k = min(k, n)
@@ -40,11 +47,38 @@ def top_k(scores: np.ndarray, k: int, block: int = 32) -> tuple[np.ndarray, np.n
     else:
         blocks = np.broadcast_to(np.arange(n_blocks), (n_rows, n_blocks))
     idx = (blocks[:, :, None] * block + np.arange(block)).reshape(n_rows, -1)
-    vals = np.take_along_axis(padded, idx, axis=1)
-    sel = np.argpartition(-vals, k - 1, axis=1)[:, :k]
-    idx, vals = np.take_along_axis(idx, sel, axis=1), np.take_along_axis(vals, sel, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    kth = -np.partition(-np.take_along_axis(padded, idx, axis=1), k - 1, axis=1)[:, k - 1]
+    rows, reach = np.nonzero(block_max >= kth[:, None])
+    vals = padded.reshape(-1, block)[rows * n_blocks + reach].ravel()
+    idx = (reach[:, None] * block + np.arange(block)).ravel()
+    rows = np.repeat(rows, block)
+    keep = (vals >= kth[rows]) & (idx < n)
+    return best_per_row(rows[keep], idx[keep], vals[keep], n_rows, k)
+
+
+def best_per_row(rows: np.ndarray, items: np.ndarray, values: np.ndarray, n_rows: int,
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_rows, width) the best ``width`` of candidate (row, item, value) triples per row: value descending, lower
+    item first on ties, the order every top list follows; rows with fewer candidates are padded with -1 / -inf.
+
+    The candidates must come in (row, item) order without repeats: one stable sort by (row, value) then keeps items
+    in code order among equal values (-0.0 counts as 0.0, as comparisons do).
+    """
+    if values.dtype != np.float32:
+        raise TypeError(f"top lists order float32 scores, not {values.dtype}")
+    bits = (values + np.float32(0.0)).view(np.uint32)
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # unsigned order of the float order
+    key = (rows.astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
+    order = np.argsort(key, kind="stable")
+    rows, items, values = rows[order], items[order], values[order]
+    counts = np.bincount(rows, minlength=n_rows)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = pos < width
+    out_items = np.full((n_rows, width), -1, dtype=np.int64)
+    out_values = np.full((n_rows, width), -np.inf, dtype=values.dtype)
+    out_items[rows[keep], pos[keep]] = items[keep]
+    out_values[rows[keep], pos[keep]] = values[keep]
+    return out_items, out_values
 
 
 def pad_columns(values: np.ndarray, k: int, fill: float) -> np.ndarray:
@@ -52,6 +86,94 @@ def pad_columns(values: np.ndarray, k: int, fill: float) -> np.ndarray:
     if values.shape[1] >= k:
         return values[:, :k]
     return np.pad(values, ((0, 0), (0, k - values.shape[1])), constant_values=fill)
+
+
+def item_order(values: np.ndarray) -> np.ndarray:
+    """Item codes by ``values``, best first, the lower code first on ties: the order of a top list of ``values``."""
+    return np.argsort(-values, kind="stable")
+
+
+def pair_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """int64 row * n_items + item: (row, item) pairs as sortable, searchable keys."""
+    return rows.astype(np.int64) * n_items + items
+
+
+def csr_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """``pair_keys`` of the stored entries of ``matrix``, in storage order."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    return pair_keys(rows, matrix.indices, matrix.shape[1])
+
+
+def csr_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``matrix[rows[i], cols[i]]`` in the matrix's own dtype (0 where nothing is stored; no duplicates stored)."""
+    matrix = matrix if matrix.has_sorted_indices else matrix.sorted_indices()
+    keys = csr_keys(matrix)  # sorted: row-major with sorted columns
+    wanted = pair_keys(rows, cols, matrix.shape[1])
+    pos = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    found = keys[pos] == wanted if len(keys) else np.zeros(len(wanted), dtype=bool)
+    return np.where(found, matrix.data[pos] if len(keys) else 0, 0).astype(matrix.dtype)
+
+
+class UserScores(ABC):
+    """A batch of users' scores as the source's dense score matrix holds them, excluded items at -inf, without
+    necessarily holding that matrix: what candidate generation asks of a source."""
+
+    @abstractmethod
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(len(users), min(n, n_items)) item codes and float32 scores of each user's best items, the lower code
+        first on ties (what ``top_k`` of the dense matrix gives), -1 / -inf past the items of finite score."""
+
+    @abstractmethod
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """float32 scores of the pairs (users[rows[i]], items[i]): the dense matrix at those cells."""
+
+
+class DenseScores(UserScores):
+    """The default: the dense matrix itself (one float32 row per user, so batches must respect ``CELL_BUDGET``)."""
+
+    def __init__(self, scores: np.ndarray, excluded: sp.csr_matrix | None):
+        self.scores = np.array(scores, dtype=np.float32, copy=True)
+        if excluded is not None:
+            self.scores[np.repeat(np.arange(len(self.scores)), np.diff(excluded.indptr)), excluded.indices] = -np.inf
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        items, values = top_k(self.scores, n)
+        return np.where(np.isfinite(values), items, -1), values
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.scores[rows, items]
+
+
+class PriorPlusSparse(UserScores):
+    """Scores that are ``raw`` (a sparse users x items product, 0 where nothing is stored) plus a per-item ``prior``:
+    the dense row is ``(raw.toarray() + prior).astype(float32)``, yet the top lists need only the stored entries and
+    the head of the prior's order (``order``), since every item not stored scores just its prior."""
+
+    def __init__(self, raw: sp.csr_matrix, prior: np.ndarray, order: np.ndarray, excluded: sp.csr_matrix | None):
+        self.raw = raw if raw.has_sorted_indices else raw.sorted_indices()
+        self.prior, self.order, self.excluded = prior, order, excluded
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        n_rows, n_items = self.raw.shape
+        width = min(n, n_items)
+        stored = csr_keys(self.raw)
+        excluded = csr_keys(self.excluded) if self.excluded is not None else np.zeros(0, dtype=np.int64)
+        skip = np.union1d(stored, excluded)  # not scored by their prior alone
+        # each row's first width + |skip| items of the prior order hold its width best items scored by prior alone
+        reach = np.minimum(width + np.bincount(skip // n_items, minlength=n_rows), n_items)
+        head_rows = np.repeat(np.arange(n_rows), reach)
+        head = self.order[np.arange(len(head_rows)) - np.repeat(np.cumsum(reach) - reach, reach)]
+        head_keys = pair_keys(head_rows, head, n_items)
+        keys = np.concatenate([stored[~np.isin(stored, excluded)], head_keys[~np.isin(head_keys, skip)]])
+        keys.sort()
+        rows, items = keys // n_items, keys % n_items
+        return best_per_row(rows, items, self.at(rows, items), n_rows, width)
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        values = (csr_lookup(self.raw, rows, items) + self.prior[items]).astype(np.float32)
+        if self.excluded is not None:
+            values[np.isin(pair_keys(rows, items, self.raw.shape[1]), csr_keys(self.excluded))] = -np.inf
+        return values
 
 
 @dataclass
@@ -120,11 +242,14 @@ class Recommender(ABC):
       only knows the users it was fitted on (popularity answers for everyone, LightGCN cannot);
     - ``relates_items``: ``pair_strength`` and ``related`` describe an item-to-item relation (explanations,
       similar items); without it they answer "not related";
-    - ``exclude_seen``: True when the model never proposes an item the user has seen, whatever ``rank`` is asked.
+    - ``exclude_seen``: True when the model never proposes an item the user has seen, whatever ``rank`` is asked;
+    - ``sparse_scores``: ``candidate_scorer`` answers top lists and pair scores without a dense users x items
+      matrix (``top_candidates``, ``score_pairs``), so candidate batches need not shrink with the catalogue.
     """
 
     name: str = "recommender"
     relates_items: ClassVar[bool] = False
+    sparse_scores: ClassVar[bool] = False
     exclude_seen: bool = False
 
     @abstractmethod
@@ -138,6 +263,33 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:
         """Dense float32 scores (len(users), n_items); higher is better."""
+
+    def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
+        """``UserScores`` of batches of users (seen items excluded on request), what candidate generation reads.
+
+        The callable holds what the source prepares once per use (e.g. item orders), so callers keep it across
+        batches. By default it holds the dense ``score`` rows; ``sparse_scores`` sources never build them.
+        """
+        def dense(users: np.ndarray) -> UserScores:
+            return DenseScores(self.score(users), self.history.seen[users] if exclude_seen else None)
+
+        return dense
+
+    def top_candidates(self, users: np.ndarray, n: int, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's best ``n`` items and scores, -1 / -inf padded: ``top_k`` of the (seen-excluded) dense scores."""
+        return self.candidate_scorer(exclude_seen)(np.asarray(users, dtype=np.int64)).top(n)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """float32 scores of the pairs (users[i], items[i]): what ``score(users)`` holds at those cells."""
+        distinct, rows = np.unique(np.asarray(users, dtype=np.int64), return_inverse=True)
+        items = np.asarray(items, dtype=np.int64)
+        scorer = self.candidate_scorer(exclude_seen=False)
+        step = len(distinct) if self.sparse_scores else max(1, CELL_BUDGET // max(self.history.n_items, 1))
+        out = np.empty(len(items), dtype=np.float32)
+        for start in range(0, len(distinct), step):
+            part = (rows >= start) & (rows < start + step)
+            out[part] = scorer(distinct[start: start + step]).at(rows[part] - start, items[part])
+        return out
 
     def recommend(
         self, users: np.ndarray, k: int, exclude_seen: bool = True, batch_size: int = 1024

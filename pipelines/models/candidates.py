@@ -1,7 +1,9 @@
 """Candidate generation: every source proposes its top items, the union is scored by all sources.
 
-One pass of dense scoring per source and user batch yields both the pool (each source's top ``n``) and
-every source's score for every pooled item, so the ranker sees complete score features.
+Each source answers a batch of users through its ``UserScores``: its top ``n`` items (the pool) and its score of
+every pooled item, so the ranker sees complete score features. Sources with ``sparse_scores`` answer from sparse
+rows and precomputed item orders, so catalogues of millions of items cost no dense users x items matrix; the others
+hold one dense matrix per batch, and batches shrink with the catalogue for them only.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.evaluation.metrics import hit_rate_at_k
-from pipelines.models.base import Recommender, top_k
+from pipelines.models.base import CELL_BUDGET, DenseScores, Recommender, UserScores, pair_keys
 
 
 @dataclass
@@ -30,33 +32,31 @@ class Candidates:
         return len(self.item)
 
 
-# users x items cells per dense score matrix in one candidate batch (128 MB of float32): at 10M events (250k items)
-# 1024-user batches held ~6 GB of dense scores across the sources.
-CELL_BUDGET = 1 << 25
-
-
 def pool_candidates(users: np.ndarray, dense: dict[str, np.ndarray], n: int) -> Candidates:
     """The candidates of one batch from each source's dense (len(users) x items) scores.
 
     A source proposes its top ``n`` items of finite score: excluded items (seen ones, set to -inf) are never
     candidates, even where a tiny catalogue leaves fewer than ``n`` others (its list is then -1 padded).
     """
-    tops = {}
-    for name, scores in dense.items():
-        top, values = top_k(scores, n)
-        tops[name] = np.where(np.isfinite(values), top, -1)
-    n_items = next(iter(dense.values())).shape[1]
-    proposed_by = np.zeros((len(users), n_items), dtype=np.uint32)  # bit per source
-    for bit, top in enumerate(tops.values()):
+    return pool_scores(users, {name: DenseScores(d, None) for name, d in dense.items()}, n)
+
+
+def pool_scores(users: np.ndarray, scores: dict[str, UserScores], n: int) -> Candidates:
+    """The candidates of one batch from each source's ``UserScores``: the union of their top ``n`` lists in
+    (user, item code) order, each pooled item with every source's score."""
+    tops = {name: s.top(n)[0] for name, s in scores.items()}
+    n_items = 1 + max(int(top.max(initial=0)) for top in tops.values())
+    proposals = {}
+    for name, top in tops.items():
         rows, cols = np.nonzero(top >= 0)
-        np.bitwise_or.at(proposed_by, (rows, top[rows, cols]), 1 << bit)
-    row, item = np.nonzero(proposed_by)
-    bits = proposed_by[row, item]
+        proposals[name] = np.sort(pair_keys(rows, top[rows, cols], n_items))
+    pooled = np.unique(np.concatenate(list(proposals.values())))
+    row, item = pooled // n_items, pooled % n_items
     return Candidates(
         users=users, group=np.bincount(row, minlength=len(users)).astype(np.int64),
         user=users[row].astype(np.int64), item=item.astype(np.int64),
-        scores={name: d[row, item] for name, d in dense.items()},
-        proposed={name: (bits & (1 << b)) > 0 for b, name in enumerate(tops)},
+        scores={name: s.at(row, item) for name, s in scores.items()},
+        proposed={name: np.isin(pooled, keys, assume_unique=True) for name, keys in proposals.items()},
         source_top=tops,
     )
 
@@ -67,22 +67,16 @@ def generate_candidates(
 ) -> Candidates:
     """The union of each source's top ``n_per_source`` items per user, with every source's score.
 
-    A batch holds one dense (users x items) score matrix per source at once, so large catalogues get smaller
-    batches (at most ``CELL_BUDGET`` cells each); rows are independent, so the result does not depend on it.
+    A source without ``sparse_scores`` holds one dense (users x items) score matrix per batch, so with such a source
+    large catalogues get smaller batches (at most ``CELL_BUDGET`` cells each); rows are independent, so the result
+    does not depend on it.
     """
-    n_items = next(iter(sources.values())).history.n_items if sources else 1
-    batch_size = max(1, min(batch_size, CELL_BUDGET // max(n_items, 1)))
-    parts = []
-    for start in range(0, len(users), batch_size):
-        batch = users[start: start + batch_size]
-        dense = {}
-        for name, model in sources.items():
-            scores = np.array(model.score(batch), dtype=np.float32, copy=True)
-            if exclude_seen:
-                seen = model.history.seen[batch]
-                scores[np.repeat(np.arange(len(batch)), np.diff(seen.indptr)), seen.indices] = -np.inf
-            dense[name] = scores
-        parts.append(pool_candidates(batch, dense, n_per_source))
+    n_items = next(iter(sources.values())).history.n_items
+    if not all(model.sparse_scores for model in sources.values()):
+        batch_size = max(1, min(batch_size, CELL_BUDGET // max(n_items, 1)))
+    scorers = {name: model.candidate_scorer(exclude_seen) for name, model in sources.items()}
+    parts = [pool_scores(batch, {name: scorer(batch) for name, scorer in scorers.items()}, n_per_source)
+             for batch in (users[start: start + batch_size] for start in range(0, len(users), batch_size))]
     names = list(sources)
     return Candidates(
         users=users,

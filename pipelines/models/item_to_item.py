@@ -2,25 +2,28 @@
 
 Each source fits an item x item matrix ``matrix_`` and weighs a user's recent events into a profile in its own way
 (``profile_weights``); the score is profile @ matrix. The same weighting builds the profile of any sequence, so
-session lists, explanations ("because you viewed X") and similar items come from the source itself.
+session lists, explanations ("because you viewed X") and similar items come from the source itself. Profiles and
+rows are sparse, so candidates come from the sparse product and the head of the prior's order, never a dense row.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
 from pipelines.features.ranking import pair_values
-from pipelines.models.base import Recommender
+from pipelines.models.base import PriorPlusSparse, Recommender, UserScores, item_order
 
 
 class ItemToItem(Recommender):
     """A source scoring ``profile @ matrix_``; subclasses fit ``matrix_`` and say how events weigh in a profile."""
 
     relates_items = True
+    sparse_scores = True
     matrix_: sp.csr_matrix
     profile_: sp.csr_matrix
 
@@ -36,11 +39,24 @@ class ItemToItem(Recommender):
                              shape=(history.n_users, history.n_items))
 
     def adjust(self, scores: np.ndarray) -> np.ndarray:
-        """Scores after profile @ matrix (a source may add a prior); unchanged by default."""
+        """Scores after profile @ matrix; unchanged by default. A source may add a per-item prior, the same for
+        every user (``adjust(s) == s + adjust(0)``): candidate generation relies on it to skip dense rows."""
         return scores
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return self.adjust((self.profile_[users] @ self.matrix_).toarray())
+
+    def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
+        """The sparse rows of profile @ matrix plus the prior ``adjust`` adds, whose order is sorted once here."""
+        n_items = self.matrix_.shape[1]
+        prior = self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0]
+        order = item_order(prior.astype(np.float32))
+
+        def sparse(users: np.ndarray) -> UserScores:
+            excluded = self.history.seen[users] if exclude_seen else None
+            return PriorPlusSparse((self.profile_[users] @ self.matrix_).tocsr(), prior, order, excluded)
+
+        return sparse
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The source's own profile of the sequence (its recency weighting) times its item x item matrix."""

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, event_weight_table
-from pipelines.models.base import Recommender, Targets
+from pipelines.models.base import (
+    PriorPlusSparse,
+    Recommender,
+    Targets,
+    UserScores,
+    best_per_row,
+    csr_keys,
+    csr_lookup,
+    item_order,
+    pair_keys,
+)
 
 DAY = 86_400.0
 
@@ -26,6 +37,7 @@ class Popularity(Recommender):
     """Everyone gets the same list: the most popular items lately."""
 
     name = "popularity"
+    sparse_scores = True
 
     def __init__(self, event_weights: dict[str, float] | None = None, half_life_days: float = 3.0):
         self.event_weights = event_weights or {}
@@ -38,6 +50,17 @@ class Popularity(Recommender):
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores_, (len(users), len(self.item_scores_)))
+
+    def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
+        """One order for everyone, sorted once; a user's list skips their seen items in it."""
+        prior = np.array(self.item_scores_, dtype=np.float32)  # what every dense row holds
+        order = item_order(prior)
+
+        def sparse(users: np.ndarray) -> UserScores:
+            excluded = self.history.seen[users] if exclude_seen else None
+            return PriorPlusSparse(sp.csr_matrix((len(users), len(prior)), dtype=np.float32), prior, order, excluded)
+
+        return sparse
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The same list for any sequence: the popular items."""
@@ -84,7 +107,109 @@ class CategoryPopularity(Recommender):
     def score(self, users: np.ndarray) -> np.ndarray:
         return self._scores(self.affinity_[users])
 
+    @property
+    def sparse_scores(self) -> bool:  # type: ignore[override]
+        """Exact without dense rows when affinities and shares are finite and >= 0 (an item then scores at least its
+        prior, and more share means no less score); negative event weights fall back to dense rows."""
+        parts = (self.affinity_.data, self.item_share_, self.prior_)
+        return all(np.isfinite(p).all() for p in parts) and not (self.affinity_.data < 0).any() and not (
+            self.item_share_ < 0).any()
+
+    def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
+        """Per category its items by share (sorted once), and the prior order for the items of other categories."""
+        if not self.sparse_scores:
+            return super().candidate_scorer(exclude_seen)
+        index = CategoryIndex(self.cat_slot_, self.item_share_, self.prior_, self.affinity_)
+
+        def sparse(users: np.ndarray) -> UserScores:
+            excluded = self.history.seen[users] if exclude_seen else None
+            return CategoryScores(index, self.affinity_[users], excluded)
+
+        return sparse
+
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """Category shares of the sequence's own events, as for a fitted user with that history."""
         items = np.asarray(items, dtype=np.int64)
         return self._scores(self._affinity(np.zeros(len(items), dtype=np.int64), items, np.asarray(events), 1))[0]
+
+
+class CategoryIndex:
+    """What category popularity's sparse top lists read, sorted once per use: each category's items by share (then
+    prior, then code), the running bound on the prior past every position, and the order of the prior alone."""
+
+    def __init__(self, slot: np.ndarray, share: np.ndarray, prior: np.ndarray, affinity: sp.csr_matrix):
+        self.slot, self.share, self.prior = slot, share, prior
+        n_items, n_slots = len(slot), affinity.shape[1]
+        self.floor_order = item_order(self.values(np.zeros(n_items, dtype=affinity.dtype), np.arange(n_items)))
+        self.by_slot = np.lexsort((np.arange(n_items), -prior, -share, slot))
+        self.size = np.bincount(slot, minlength=n_slots)
+        self.start = np.cumsum(self.size) - self.size
+        # the largest prior from each position to the end of its category: a key whose category part decreases
+        # along the array makes one running maximum (from the end) stay within each category
+        levels, rank = np.unique(prior[self.by_slot], return_inverse=True)
+        key = (n_slots - slot[self.by_slot]).astype(np.int64) * len(levels) + rank
+        self.prior_after = levels[np.maximum.accumulate(key[::-1])[::-1] % len(levels)]
+
+    def values(self, affinity: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """float32 scores of items given the user's affinity to each one's category, as the dense rows compute them."""
+        return (affinity * self.share[items] + self.prior[items]).astype(np.float32)
+
+
+class CategoryScores(UserScores):
+    """Category popularity of a batch of users without dense rows.
+
+    An item scores ``affinity[user, category] * share + prior``, at least its prior, so a user's best items lie in
+    the heads of their categories (by share) and the head of the prior order. A category cut after its head is
+    safe when its next share with the largest prior after it scores below the user's last listed item; users for
+    whom that fails (ties at the cut) are listed again from their whole categories.
+    """
+
+    def __init__(self, index: CategoryIndex, affinity: sp.csr_matrix, excluded: sp.csr_matrix | None):
+        self.index, self.excluded = index, excluded
+        self.affinity = affinity if affinity.has_sorted_indices else affinity.sorted_indices()
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        n_rows, n_items = self.affinity.shape[0], len(self.index.slot)
+        width = min(n, n_items)
+        items, values, unsure = self._best(np.arange(n_rows), width, whole=False)
+        if len(unsure):
+            items[unsure], values[unsure], _ = self._best(unsure, width, whole=True)
+        return items, values
+
+    def _best(self, rows: np.ndarray, width: int, whole: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best ``width`` items of the batch rows ``rows`` from the heads of their categories (the whole
+        categories if ``whole``) and of the prior order, and the rows (of the batch) a cut category may beat."""
+        index, n_items = self.index, len(self.index.slot)
+        affinity = self.affinity[rows]
+        excluded = csr_keys(self.excluded[rows]) if self.excluded is not None else np.zeros(0, dtype=np.int64)
+        n_excluded = np.bincount(excluded // n_items, minlength=len(rows))
+        a_row = np.repeat(np.arange(len(rows)), np.diff(affinity.indptr))
+        liked = affinity.data > 0
+        a_row, a_slot, a_value = a_row[liked], affinity.indices[liked], affinity.data[liked]
+        size = index.size[a_slot]
+        head = size if whole else np.minimum(width + n_excluded[a_row], size)
+        reach = np.minimum(width + n_excluded, n_items)
+        cand_rows = np.concatenate([np.repeat(a_row, head), np.repeat(np.arange(len(rows)), reach)])
+        cand_items = np.concatenate([index.by_slot[_ranges(index.start[a_slot], head)],
+                                     index.floor_order[_ranges(np.zeros(len(rows), dtype=np.int64), reach)]])
+        keys = np.unique(pair_keys(cand_rows, cand_items, n_items))
+        keys = keys[~np.isin(keys, excluded)]
+        c_rows, c_items = keys // n_items, keys % n_items
+        c_values = index.values(csr_lookup(affinity, c_rows, index.slot[c_items]), c_items)
+        items, values = best_per_row(c_rows, c_items, c_values, len(rows), width)
+        cut = head < size
+        nxt = index.start[a_slot[cut]] + head[cut]
+        bound = (a_value[cut] * index.share[index.by_slot[nxt]] + index.prior_after[nxt]).astype(np.float32)
+        unsure = np.unique(a_row[cut][bound >= values[a_row[cut], width - 1]])
+        return items, values, rows[unsure]
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        values = self.index.values(csr_lookup(self.affinity, rows, self.index.slot[items]), items)
+        if self.excluded is not None:
+            values[np.isin(pair_keys(rows, items, len(self.index.slot)), csr_keys(self.excluded))] = -np.inf
+        return values
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated ranges [starts[i], starts[i] + lengths[i])."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))

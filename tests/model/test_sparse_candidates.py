@@ -1,0 +1,186 @@
+"""Candidates from sparse sources equal the dense computation exactly: same pool, order, scores, flags and lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.features.interactions import Interactions, Vocab
+from pipelines.models import CategoryPopularity, CoVisitation, ItemCosine, Popularity, RandomRecommender, Transitions
+from pipelines.models.base import Recommender, top_k
+from pipelines.models.candidates import Candidates, generate_candidates
+
+WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
+
+
+def make_history(n_users: int, n_items: int, n_events: int, seed: int, idle_users: int = 3) -> Interactions:
+    """Random events over few distinct timestamps (so popularity ties), skewed towards low item codes, leaving the
+    last ``idle_users`` users and the top item codes without any event."""
+    rng = np.random.default_rng(seed)
+    active = max(n_users - idle_users, 1)
+    user = np.sort(rng.integers(0, active, n_events))
+    item = np.minimum(rng.geometric(4.0 / n_items, n_events) - 1, max(n_items - 3, 0))
+    ts = rng.integers(0, 4, n_events) * 86_400 + 1_500_000_000
+    order = np.lexsort((ts, user))
+    vocab = Vocab(users=np.array([f"u{u}" for u in range(n_users)], dtype=object),
+                  items=np.array([f"i{i:05d}" for i in range(n_items)], dtype=object))
+    return Interactions(vocab, user[order].astype(np.int32), item[order].astype(np.int32),
+                        rng.integers(0, 3, n_events).astype(np.int8)[order], ts[order].astype(np.int64))
+
+
+def sparse_sources(history: Interactions, seed: int) -> dict[str, Recommender]:
+    category = np.random.default_rng(seed).integers(-1, 4, history.n_items)  # -1: unknown category
+    return {
+        "covisit": CoVisitation(WEIGHTS, window=3, history_len=6).fit(history),
+        "itemcos": ItemCosine(WEIGHTS, history_len=6, neighbours=8).fit(history),
+        "transitions": Transitions(last_n=2).fit(history),
+        "popularity": Popularity(WEIGHTS).fit(history),
+        "category_popularity": CategoryPopularity(category, WEIGHTS).fit(history),
+    }
+
+
+def dense_candidates(sources: dict[str, Recommender], users: np.ndarray, n: int, exclude_seen: bool) -> Candidates:
+    """The dense computation candidates must reproduce: every source's full score rows, seen items at -inf, each
+    source's ``top_k`` of finite score, pooled through a users x items bit mask."""
+    dense = {}
+    for name, model in sources.items():
+        scores = np.array(model.score(users), dtype=np.float32, copy=True)
+        if exclude_seen:
+            seen = model.history.seen[users]
+            scores[np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices] = -np.inf
+        dense[name] = scores
+    tops = {}
+    for name, scores in dense.items():
+        top, values = top_k(scores, n)
+        tops[name] = np.where(np.isfinite(values), top, -1)
+    proposed_by = np.zeros(next(iter(dense.values())).shape, dtype=np.uint32)
+    for bit, top in enumerate(tops.values()):
+        rows, cols = np.nonzero(top >= 0)
+        np.bitwise_or.at(proposed_by, (rows, top[rows, cols]), 1 << bit)
+    row, item = np.nonzero(proposed_by)
+    bits = proposed_by[row, item]
+    return Candidates(users, np.bincount(row, minlength=len(users)).astype(np.int64), users[row].astype(np.int64),
+                      item.astype(np.int64), {name: d[row, item] for name, d in dense.items()},
+                      {name: (bits & (1 << b)) > 0 for b, name in enumerate(tops)}, tops)
+
+
+def assert_same(got: Candidates, want: Candidates) -> None:
+    for field in ("users", "group", "user", "item"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    for field in ("scores", "proposed", "source_top"):
+        assert list(getattr(got, field)) == list(getattr(want, field))
+        for name, want_values in getattr(want, field).items():
+            got_values = getattr(got, field)[name]
+            assert got_values.dtype == want_values.dtype and got_values.shape == want_values.shape, (field, name)
+            np.testing.assert_array_equal(got_values, want_values, err_msg=f"{field}[{name}]")
+
+
+@pytest.fixture(scope="module")
+def history() -> Interactions:
+    return make_history(n_users=60, n_items=150, n_events=900, seed=1)
+
+
+@pytest.fixture(scope="module")
+def sources(history: Interactions) -> dict[str, Recommender]:
+    return sparse_sources(history, seed=1)
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("name", ["covisit", "itemcos", "transitions", "popularity", "category_popularity"])
+def test_each_sparse_source_gives_the_dense_candidates(history, sources, name, exclude_seen):
+    one = {name: sources[name]}
+    assert sources[name].sparse_scores
+    users = np.arange(history.n_users)  # the last users have no history at all
+    for n in (1, 7, 40):
+        assert_same(generate_candidates(one, users, n, exclude_seen), dense_candidates(one, users, n, exclude_seen))
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_a_mix_with_a_dense_source_gives_the_dense_candidates(history, sources, exclude_seen):
+    mix = {**sources, "random": RandomRecommender(seed=3).fit(history)}
+    users = np.random.default_rng(0).permutation(history.n_users)[:45]  # any order, batches of 16
+    got = generate_candidates(mix, users, 12, exclude_seen, batch_size=16)
+    assert_same(got, dense_candidates(mix, users, 12, exclude_seen))
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_catalogues_smaller_than_the_lists(exclude_seen):
+    history = make_history(n_users=12, n_items=9, n_events=60, seed=4, idle_users=2)
+    sources = {**sparse_sources(history, seed=4), "random": RandomRecommender().fit(history)}
+    users = np.arange(history.n_users)
+    got = generate_candidates(sources, users, 20, exclude_seen)
+    assert_same(got, dense_candidates(sources, users, 20, exclude_seen))
+    assert all(top.shape == (len(users), history.n_items) for top in got.source_top.values())
+
+
+def test_categories_cut_inside_ties_are_listed_whole():
+    """Items tied in share at the cut of a category's head: the sparse path must read past the head."""
+    n_items = 300
+    user = np.repeat(np.arange(20), 3)
+    item = np.tile([0, 100, 200], 20)  # every category has one popular item, the rest tie at zero
+    vocab = Vocab(users=np.array([f"u{u}" for u in range(22)], dtype=object),
+                  items=np.array([f"i{i:03d}" for i in range(n_items)], dtype=object))
+    history = Interactions(vocab, user.astype(np.int32), item.astype(np.int32), np.zeros(60, dtype=np.int8),
+                           np.full(60, 1_500_000_000, dtype=np.int64))
+    model = CategoryPopularity(np.arange(n_items) // 100, WEIGHTS).fit(history)
+    users = np.arange(history.n_users)
+    for n, exclude_seen in ((5, True), (5, False), (150, True)):
+        got = generate_candidates({"cat": model}, users, n, exclude_seen)
+        assert_same(got, dense_candidates({"cat": model}, users, n, exclude_seen))
+        assert (got.source_top["cat"][0, : min(n, 297)] >= 0).all()
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_a_lower_code_tied_past_the_cut_of_a_category_is_found(exclude_seen):
+    """Item 1 has less share than item 3 but more prior, so both score 0.5; the head of category 0 (one item, 3)
+    misses item 1, which the dense list ranks first as the lower code."""
+    vocab = Vocab(users=np.array(["u0", "u1"], dtype=object), items=np.array([f"i{i}" for i in range(8)], dtype=object))
+    history = Interactions(vocab, np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int8),
+                           np.zeros(1, dtype=np.int64))
+    model = CategoryPopularity(np.repeat([0, 1], 4)).fit(history)  # u0 likes category 0 only
+    model.item_share_ = np.array([0, 0.375, 0, 0.5, 0, 0, 0, 0], dtype=np.float32)
+    model.prior_ = np.array([0, 0.125, 0, 0, 0.25, 0, 0, 0], dtype=np.float32)
+    users = np.array([0, 1])
+    got = generate_candidates({"cat": model}, users, 1, exclude_seen)
+    assert_same(got, dense_candidates({"cat": model}, users, 1, exclude_seen))
+    assert got.source_top["cat"][:, 0].tolist() == [1, 4]
+
+
+def test_negative_event_weights_fall_back_to_dense_rows(history):
+    model = CategoryPopularity(np.arange(history.n_items) % 5, {"view": -1.0, "cart": 2.0}).fit(history)
+    assert not model.sparse_scores
+    users = np.arange(history.n_users)
+    assert_same(generate_candidates({"cat": model}, users, 9), dense_candidates({"cat": model}, users, 9, True))
+
+
+def test_score_pairs_equal_the_dense_scores(history, sources):
+    rng = np.random.default_rng(2)
+    users = rng.integers(0, history.n_users, 500)
+    items = rng.integers(0, history.n_items, 500)
+    users[:50], items[:50] = history.user[:50], history.item[:50]  # seen pairs score as well
+    for name, model in {**sources, "random": RandomRecommender().fit(history)}.items():
+        dense = np.array(model.score(np.arange(history.n_users)), dtype=np.float32)
+        np.testing.assert_array_equal(model.score_pairs(users, items), dense[users, items], err_msg=name)
+
+
+def test_top_candidates_are_the_dense_top_lists(history, sources):
+    users = np.arange(history.n_users)
+    for name, model in sources.items():
+        dense = np.array(model.score(users), dtype=np.float32, copy=True)
+        dense[history.seen[users].nonzero()] = -np.inf
+        want_items, want_values = top_k(dense, 25)
+        items, values = model.top_candidates(users, 25)
+        np.testing.assert_array_equal(values, want_values, err_msg=name)
+        np.testing.assert_array_equal(items, np.where(np.isfinite(want_values), want_items, -1), err_msg=name)
+
+
+@pytest.mark.parametrize("k, n", [(1, 5), (3, 64), (10, 100), (40, 33), (100, 4000)])
+def test_top_k_breaks_ties_by_the_lower_index(k, n):
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 4, size=(9, n)).astype(np.float32)  # many ties, also across block maxima
+    scores[0] = -np.inf
+    scores[1, ::2] = -0.0  # equal to 0.0
+    idx, vals = top_k(scores, k)
+    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)[:, : min(k, n)]
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_array_equal(vals, np.take_along_axis(scores, order, axis=1))
