@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.evaluation.metrics import hit_rate_at_k
-from pipelines.models.base import CELL_BUDGET, DenseScores, Recommender, UserScores, pair_keys
+from pipelines.models.base import CELL_BUDGET, DenseScores, Recommender, UserScores, contains, distinct, pair_keys
 
 
 @dataclass
@@ -50,13 +50,13 @@ def pool_scores(users: np.ndarray, scores: dict[str, UserScores], n: int) -> Can
     for name, top in tops.items():
         rows, cols = np.nonzero(top >= 0)
         proposals[name] = np.sort(pair_keys(rows, top[rows, cols], n_items))
-    pooled = np.unique(np.concatenate(list(proposals.values())))
+    pooled = distinct(np.concatenate(list(proposals.values())))
     row, item = pooled // n_items, pooled % n_items
     return Candidates(
         users=users, group=np.bincount(row, minlength=len(users)).astype(np.int64),
         user=users[row].astype(np.int64), item=item.astype(np.int64),
         scores={name: s.at(row, item) for name, s in scores.items()},
-        proposed={name: np.isin(pooled, keys, assume_unique=True) for name, keys in proposals.items()},
+        proposed={name: contains(keys, pooled) for name, keys in proposals.items()},
         source_top=tops,
     )
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
 from pipelines.features.ranking import pair_values
-from pipelines.models.base import PriorPlusSparse, Recommender, UserScores, item_order
+from pipelines.models.base import PriorPlusSparse, Recommender, UserScores, item_order, prepared
 
 
 class ItemToItem(Recommender):
@@ -50,7 +50,7 @@ class ItemToItem(Recommender):
         """The sparse rows of profile @ matrix plus the prior ``adjust`` adds, whose order is sorted once here."""
         n_items = self.matrix_.shape[1]
         prior = self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0]
-        order = item_order(prior.astype(np.float32))
+        order = prepared("order", (prior,), lambda: item_order(prior.astype(np.float32)))
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None

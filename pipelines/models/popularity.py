@@ -10,15 +10,20 @@ import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, event_weight_table
 from pipelines.models.base import (
+    DenseScores,
     PriorPlusSparse,
     Recommender,
     Targets,
     UserScores,
     best_per_row,
+    contains,
     csr_keys,
     csr_lookup,
+    denser_than_sparse,
+    distinct,
     item_order,
     pair_keys,
+    prepared,
 )
 
 DAY = 86_400.0
@@ -54,7 +59,7 @@ class Popularity(Recommender):
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """One order for everyone, sorted once; a user's list skips their seen items in it."""
         prior = np.array(self.item_scores_, dtype=np.float32)  # what every dense row holds
-        order = item_order(prior)
+        order = prepared("order", (prior,), lambda: item_order(prior))
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
@@ -109,17 +114,18 @@ class CategoryPopularity(Recommender):
 
     @property
     def sparse_scores(self) -> bool:  # type: ignore[override]
-        """Exact without dense rows when affinities and shares are finite and >= 0 (an item then scores at least its
-        prior, and more share means no less score); negative event weights fall back to dense rows."""
+        """Exact without dense rows when affinities, shares and priors are finite float32 >= 0 (an item then scores
+        at least its prior, and more share means no less score); negative event weights fall back to dense rows."""
         parts = (self.affinity_.data, self.item_share_, self.prior_)
-        return all(np.isfinite(p).all() for p in parts) and not (self.affinity_.data < 0).any() and not (
-            self.item_share_ < 0).any()
+        return all(p.dtype == np.float32 and np.isfinite(p).all() and not (p < 0).any() for p in parts)
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """Per category its items by share (sorted once), and the prior order for the items of other categories."""
         if not self.sparse_scores:
             return super().candidate_scorer(exclude_seen)
-        index = CategoryIndex(self.cat_slot_, self.item_share_, self.prior_, self.affinity_)
+        n_slots, dtype = self.affinity_.shape[1], self.affinity_.dtype
+        index = prepared(f"category {n_slots} {dtype}", (self.cat_slot_, self.item_share_, self.prior_),
+                         lambda: CategoryIndex(self.cat_slot_, self.item_share_, self.prior_, n_slots, dtype))
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
@@ -137,22 +143,31 @@ class CategoryIndex:
     """What category popularity's sparse top lists read, sorted once per use: each category's items by share (then
     prior, then code), the running bound on the prior past every position, and the order of the prior alone."""
 
-    def __init__(self, slot: np.ndarray, share: np.ndarray, prior: np.ndarray, affinity: sp.csr_matrix):
+    def __init__(self, slot: np.ndarray, share: np.ndarray, prior: np.ndarray, n_slots: int,
+                 affinity_dtype: np.dtype):
         self.slot, self.share, self.prior = slot, share, prior
-        n_items, n_slots = len(slot), affinity.shape[1]
-        self.floor_order = item_order(self.values(np.zeros(n_items, dtype=affinity.dtype), np.arange(n_items)))
-        self.by_slot = np.lexsort((np.arange(n_items), -prior, -share, slot))
+        n_items = len(slot)
+        self.floor_order = item_order(self.values(np.zeros(n_items, dtype=affinity_dtype), np.arange(n_items)))
+        # float32 >= 0 orders as its bits: one stable sort by (category, share descending), ties in code order
+        share_bits = np.asarray(share, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        self.by_slot = np.argsort((slot.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - share_bits),
+                                  kind="stable")
         self.size = np.bincount(slot, minlength=n_slots)
         self.start = np.cumsum(self.size) - self.size
         # the largest prior from each position to the end of its category: a key whose category part decreases
         # along the array makes one running maximum (from the end) stay within each category
-        levels, rank = np.unique(prior[self.by_slot], return_inverse=True)
-        key = (n_slots - slot[self.by_slot]).astype(np.int64) * len(levels) + rank
-        self.prior_after = levels[np.maximum.accumulate(key[::-1])[::-1] % len(levels)]
+        prior_bits = np.asarray(prior, dtype=np.float32)[self.by_slot].view(np.uint32).astype(np.uint64)
+        key = ((n_slots - slot[self.by_slot]).astype(np.uint64) << np.uint64(32)) | prior_bits
+        after = np.maximum.accumulate(key[::-1])[::-1] & np.uint64(0xFFFFFFFF)
+        self.prior_after = after.astype(np.uint32).view(np.float32).astype(prior.dtype)
 
     def values(self, affinity: np.ndarray, items: np.ndarray) -> np.ndarray:
         """float32 scores of items given the user's affinity to each one's category, as the dense rows compute them."""
         return (affinity * self.share[items] + self.prior[items]).astype(np.float32)
+
+    def dense(self, affinity: sp.csr_matrix) -> np.ndarray:
+        """The dense score rows of users with these affinities (``CategoryPopularity.score``)."""
+        return affinity.toarray()[:, self.slot] * self.share + self.prior
 
 
 class CategoryScores(UserScores):
@@ -181,7 +196,7 @@ class CategoryScores(UserScores):
         categories if ``whole``) and of the prior order, and the rows (of the batch) a cut category may beat."""
         index, n_items = self.index, len(self.index.slot)
         affinity = self.affinity[rows]
-        excluded = csr_keys(self.excluded[rows]) if self.excluded is not None else np.zeros(0, dtype=np.int64)
+        excluded = distinct(csr_keys(self.excluded[rows])) if self.excluded is not None else np.zeros(0, dtype=np.int64)
         n_excluded = np.bincount(excluded // n_items, minlength=len(rows))
         a_row = np.repeat(np.arange(len(rows)), np.diff(affinity.indptr))
         liked = affinity.data > 0
@@ -189,11 +204,14 @@ class CategoryScores(UserScores):
         size = index.size[a_slot]
         head = size if whole else np.minimum(width + n_excluded[a_row], size)
         reach = np.minimum(width + n_excluded, n_items)
+        if denser_than_sparse(int(head.sum() + reach.sum()), len(rows), n_items):
+            dense = DenseScores(index.dense(affinity), self.excluded[rows] if self.excluded is not None else None)
+            return *dense.top(width), rows[:0]
         cand_rows = np.concatenate([np.repeat(a_row, head), np.repeat(np.arange(len(rows)), reach)])
         cand_items = np.concatenate([index.by_slot[_ranges(index.start[a_slot], head)],
                                      index.floor_order[_ranges(np.zeros(len(rows), dtype=np.int64), reach)]])
-        keys = np.unique(pair_keys(cand_rows, cand_items, n_items))
-        keys = keys[~np.isin(keys, excluded)]
+        keys = distinct(pair_keys(cand_rows, cand_items, n_items))
+        keys = keys[~contains(excluded, keys)]
         c_rows, c_items = keys // n_items, keys % n_items
         c_values = index.values(csr_lookup(affinity, c_rows, index.slot[c_items]), c_items)
         items, values = best_per_row(c_rows, c_items, c_values, len(rows), width)
@@ -206,7 +224,8 @@ class CategoryScores(UserScores):
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         values = self.index.values(csr_lookup(self.affinity, rows, self.index.slot[items]), items)
         if self.excluded is not None:
-            values[np.isin(pair_keys(rows, items, len(self.index.slot)), csr_keys(self.excluded))] = -np.inf
+            excluded = distinct(csr_keys(self.excluded))
+            values[contains(excluded, pair_keys(rows, items, len(self.index.slot)))] = -np.inf
         return values
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 from pipelines.features.interactions import Interactions, Vocab
-from pipelines.models import CategoryPopularity, CoVisitation, ItemCosine, Popularity, RandomRecommender, Transitions
+from pipelines.models import (
+    CategoryPopularity,
+    CoVisitation,
+    ItemCosine,
+    Popularity,
+    RandomRecommender,
+    Transitions,
+    base,
+    popularity,
+)
 from pipelines.models.base import Recommender, top_k
 from pipelines.models.candidates import Candidates, generate_candidates
 
@@ -75,14 +86,23 @@ def assert_same(got: Candidates, want: Candidates) -> None:
             np.testing.assert_array_equal(got_values, want_values, err_msg=f"{field}[{name}]")
 
 
-@pytest.fixture(scope="module")
-def history() -> Interactions:
-    return make_history(n_users=60, n_items=150, n_events=900, seed=1)
+@pytest.fixture(scope="module", params=[150, 3000], ids=["150items", "3000items"])
+def history(request: pytest.FixtureRequest) -> Interactions:
+    return make_history(n_users=60, n_items=request.param, n_events=1200, seed=1)
 
 
 @pytest.fixture(scope="module")
 def sources(history: Interactions) -> dict[str, Recommender]:
     return sparse_sources(history, seed=1)
+
+
+@pytest.fixture(autouse=True, params=["sparse", "cheapest"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sparse sources take their sparse path always, or the cheaper of sparse and dense rows per batch."""
+    if request.param == "sparse":
+        for module in (base, popularity):
+            monkeypatch.setattr(module, "denser_than_sparse", lambda *_: False)
+    return request.param
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
@@ -144,6 +164,16 @@ def test_a_lower_code_tied_past_the_cut_of_a_category_is_found(exclude_seen):
     got = generate_candidates({"cat": model}, users, 1, exclude_seen)
     assert_same(got, dense_candidates({"cat": model}, users, 1, exclude_seen))
     assert got.source_top["cat"][:, 0].tolist() == [1, 4]
+
+
+def test_item_orders_kept_across_calls_follow_changed_fitted_arrays(history, sources):
+    users = np.arange(history.n_users)
+    for name in ("covisit", "popularity", "category_popularity"):
+        model = copy.deepcopy(sources[name])
+        generate_candidates({name: model}, users, 10)
+        prior = model.item_scores_ if name == "popularity" else model.prior_
+        prior[:] = prior[::-1].copy()  # in place: the same arrays, other values
+        assert_same(generate_candidates({name: model}, users, 10), dense_candidates({name: model}, users, 10, True))
 
 
 def test_negative_event_weights_fall_back_to_dense_rows(history):
