@@ -160,7 +160,7 @@ def run_benchmark(dataset: str, out_dir: Path, params: Params, command: str,
         with clock.stage(name):
             thunk()
         echo(f"ok {name:<9} {clock.records[-1]['seconds']:7.1f} s")
-    features = load_features(work / "features")
+    features = load_features(work / "features").all
     with clock.stage("train"):
         models = fit_models(features, params.train, split_params.exclude_seen)
     echo(f"ok train     {clock.records[-1]['seconds']:7.1f} s")

@@ -1,20 +1,19 @@
-"""Where data-parallel work runs: in this process with pandas, or on the Dask cluster ``SHOPREC_DASK_ADDRESS`` names.
+"""Where data-parallel work runs: in this process, or on the Dask cluster ``SHOPREC_DASK_ADDRESS`` names.
 
-One machine is the default and needs nothing. Setting ``SHOPREC_DASK_ADDRESS=tcp://scheduler:8786`` moves the
-aggregations of the features stage onto Dask DataFrames over the partitioned Parquet and the GBDT rankers onto
-``lightgbm.dask`` / ``xgboost.dask``. Aggregations are written once against the API pandas and Dask DataFrames
-share (column selection, ``assign``, ``groupby().sum()`` / ``nunique()``, ``merge``), so the same function runs on
-both; ``collect`` turns either result into a pandas frame. Dask is imported only when a cluster is configured.
+One machine is the default and needs nothing. The unit of work is a part of whole users (a Parquet file, see
+``pipelines.data.partitions``): a stage writes its per-part work as one function and hands the parts to
+``map_parts``, which runs them one after another here, or as Dask tasks on the cluster's workers (which must see
+the same files: a shared volume or object store). The stage then reduces the per-part results itself, so both
+ways run the same code. Setting ``SHOPREC_DASK_ADDRESS=tcp://scheduler:8786`` also moves the GBDT rankers onto
+``lightgbm.dask`` / ``xgboost.dask``. Dask is imported only when a cluster is configured.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import pandas as pd
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -23,8 +22,7 @@ log = logging.getLogger(__name__)
 
 ADDRESS_ENV = "SHOPREC_DASK_ADDRESS"
 
-# Either a pandas frame or a dask.dataframe collection; both answer the calls the aggregations use.
-Frame = Any
+T = TypeVar("T")
 
 _clients: dict[str, Client] = {}
 
@@ -64,30 +62,11 @@ def _inside_dask_worker() -> bool:
     return True
 
 
-def backend() -> Literal["pandas", "dask"]:
-    """Which frame backend the stages use now."""
-    return "pandas" if dask_address() is None or _inside_dask_worker() else "dask"
-
-
-def read_parquet(path: str | Path, columns: list[str], filters: list[tuple[str, str, Any]] | None = None) -> Frame:
-    """``path`` (a Parquet file or a directory of parts) as a pandas frame, or lazily as a Dask frame on a cluster.
-
-    On a cluster the workers read the files themselves, so ``path`` must be visible to them (shared volume or
-    object store URL).
-    """
-    if backend() == "pandas":
-        return pd.read_parquet(path, columns=columns, filters=filters)
-    import dask.dataframe as dd
-
-    # one partition per row group (pyarrow writes up to 1Mi rows per group): a single split file still spreads out
-    return dd.read_parquet(str(path), columns=columns, filters=filters, split_row_groups=True)
-
-
-def collect(frame: Frame) -> pd.DataFrame:
-    """The pandas result of an aggregation: computed on the cluster for a Dask frame, as is for pandas."""
-    if isinstance(frame, pd.DataFrame | pd.Series):
-        return frame
+def map_parts(func: Callable[..., T], jobs: list[tuple[Any, ...]]) -> list[T]:
+    """``func(*job)`` for every job, results in job order: here one at a time, or as tasks on the cluster."""
     client = dask_client()
     if client is None:
-        raise RuntimeError(f"a Dask frame needs a cluster, but {ADDRESS_ENV} is not set")
-    return client.compute(frame).result()
+        return [func(*job) for job in jobs]
+    futures = client.map(func, *zip(*jobs, strict=True), pure=False) if jobs else []
+    log.info("dask parts submitted func=%s parts=%d", getattr(func, "__name__", func), len(jobs))
+    return client.gather(futures)

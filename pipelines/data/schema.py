@@ -18,6 +18,8 @@ import pyarrow as pa
 from pipelines.core.atomic import read_json, write_json
 
 EVENT_TYPES: tuple[str, ...] = ("view", "cart", "fav", "purchase")
+# The split's folds, in time order: ``train`` is the history for validation, train + valid the history for test.
+FOLDS: tuple[str, ...] = ("train", "valid", "test")
 
 EVENTS_SCHEMA = pa.schema(
     [

@@ -33,11 +33,10 @@ from pipelines.core.config import SplitParams
 from pipelines.core.errors import DataError, ShoprecError
 from pipelines.data.events_io import read_items, write_items
 from pipelines.data.partitions import partition_count, shuffle_by_user
-from pipelines.data.schema import EVENTS_SCHEMA, Manifest, events_dir
+from pipelines.data.schema import EVENTS_SCHEMA, FOLDS, Manifest, events_dir
 
 log = logging.getLogger(__name__)
 
-FOLDS = ("train", "valid", "test")
 TARGET_COLUMNS = ["user_id", "item_id", "event_type"]
 
 
@@ -152,11 +151,12 @@ def user_parts(dataset_dir: Path) -> Iterator[list[Path]]:
     if not parts:
         raise DataError(events_dir(dataset_dir), "no events parquet parts; run `shoprec validate` first")
     manifest = Manifest.read(dataset_dir)
-    if manifest.extra.get("partitions") == len(parts) or len(parts) == 1:
+    n = partition_count(manifest.rows)
+    if manifest.extra.get("partitions") == len(parts) or (len(parts) == 1 and n == 1):
         yield parts
         return
     with tempfile.TemporaryDirectory(dir=dataset_dir.parent, prefix=".split-buckets-") as tmp:
-        yield shuffle_by_user(parts, Path(tmp), partition_count(manifest.rows))
+        yield shuffle_by_user(parts, Path(tmp), n)
 
 
 def _read_part(path: Path) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from pipelines.core.atomic import atomic_file, write_json
 from pipelines.core.config import EvaluateParams, SplitParams
 from pipelines.evaluation.champion import Champion
 from pipelines.evaluation.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
-from pipelines.features.encode import Features, load_features
+from pipelines.features.encode import Features, FeatureStore, load_features
 from pipelines.models import Recommender
 from pipelines.models.train import EVAL_HISTORY, load_model
 from pipelines.models.two_stage import sample_users
@@ -25,50 +25,65 @@ def _summary(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: round(float(v.mean()), 6) if len(v) else 0.0 for name, v in per_user.items()}
 
 
-def _building_blocks(model: Recommender, users: np.ndarray, targets: list[np.ndarray], k: int, exclude_seen: bool,
-                     ks: list[int]) -> dict[str, Any]:
-    """``components``: metrics of each source and ranker on its own, for a model built of several; ``validation``:
-    what fitting measured (e.g. the ranker selection), when it measured anything."""
-    out: dict[str, Any] = {}
-    lists = model.component_lists(users, k, exclude_seen)
-    if len(lists) > 1:  # a single source's one list is the model's own, already reported
-        out["components"] = {part: _summary(per_user_metrics(r, targets, ks)) for part, r in lists.items()}
-    if model.report:
-        out["validation"] = model.report
-    return out
+def _summaries(lists: dict[str, np.ndarray], targets: list[np.ndarray], ks: list[int]) -> dict[str, Any]:
+    """Metrics of each building block's lists (``source:NAME``, ``ranker:NAME``) on the evaluated users."""
+    return {part: _summary(per_user_metrics(r, targets, ks)) for part, r in lists.items()}
 
 
 def evaluate_models(
-    models: dict[str, Recommender | Champion], features: Features, params: EvaluateParams, exclude_seen: bool,
-    fold: str = "test", lists_out: dict[str, np.ndarray] | None = None,
+    models: dict[str, Recommender | Champion], features: Features | FeatureStore, params: EvaluateParams,
+    exclude_seen: bool, fold: str = "test", lists_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Metrics of every model on ``fold``, with segments and bootstrap intervals against ``baseline``.
 
-    ``lists_out``, when given, receives each model's top-k item codes for the fold's users (key ``users``).
+    Users are ranked one part of the history at a time (each model attached to the part), so memory holds one
+    part's users whatever the number of users. ``lists_out``, when given, receives each model's top-k item codes
+    for the fold's users (key ``users``).
     """
     all_users, all_targets = features.target_sets(fold)
     users, targets = sample_users(all_users, all_targets, params.max_users, params.seed)
-    history = features.history(EVAL_HISTORY if fold == "test" else ("train",))
-    events_per_user = np.bincount(history.user, minlength=history.n_users)
+    history = features.histories(EVAL_HISTORY if fold == "test" else ("train",))
+    k = max(params.ks)
+    events_per_user = np.zeros(history.n_users, dtype=np.int64)
+    popularity = np.zeros(history.n_items, dtype=np.float64)
+    lists: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    blocks: dict[str, dict[str, list[np.ndarray]]] = {}
+    elapsed = dict.fromkeys(models, 0.0)
+    for part in history:
+        events_per_user += np.bincount(part.user, minlength=history.n_users)
+        popularity += np.bincount(part.item, minlength=history.n_items)
+        mine = users[(users >= part.user[0]) & (users <= part.user[-1])] if len(part) else users[:0]
+        if not len(mine):
+            continue
+        for name, model in models.items():
+            start = time.perf_counter()
+            if isinstance(model, Champion):
+                recs = model.lists(features.vocab, mine, k, exclude_seen)
+            else:
+                model = model if len(history) == 1 else model.attach(part)  # one part: fitted on it already
+                recs = model.rank(mine, k, exclude_seen).items  # the served path: the lists the API would give
+            elapsed[name] += time.perf_counter() - start  # timed alone: evaluating every building block is not serving
+            lists[name].append(recs)
+            if isinstance(model, Recommender):
+                for block, top in model.component_lists(mine, k, exclude_seen).items():
+                    blocks.setdefault(name, {}).setdefault(block, []).append(top)
     cold = events_per_user[users] < COLD_START_MAX_EVENTS
     p_users, p_targets = features.target_sets(fold, event_types=("purchase",))
     sampled = np.isin(p_users, users)  # purchase users outside the evaluated sample are left out
     p_users, p_targets = p_users[sampled], [p_targets[i] for i in np.flatnonzero(sampled)]
-    popularity = np.bincount(history.item, minlength=history.n_items).astype(float)
 
     report: dict[str, Any] = {"fold": fold, "users": int(len(users)), "users_with_targets": int(len(all_users)),
-                              "cold_start_users": int(cold.sum()), "purchase_users": int(len(p_users)), "models": {}}
-    per_user_all: dict[str, dict[str, np.ndarray]] = {}
-    k = max(params.ks)
+                              "cold_start_users": int(cold.sum()), "purchase_users": int(len(p_users)),
+                              "parts": len(history), "models": {}}
     for name, model in models.items():
-        start = time.perf_counter()
-        if isinstance(model, Champion):
-            recs = model.lists(features.vocab, users, k, exclude_seen)
-        else:
-            recs = model.rank(users, k, exclude_seen).items  # the served path: the lists the API would give
-        elapsed = time.perf_counter() - start  # timed alone: evaluating every building block is not serving
-        if isinstance(model, Recommender):
-            report |= _building_blocks(model, users, targets, k, exclude_seen, params.ks)
+        component = {b: np.concatenate(t) for b, t in blocks.get(name, {}).items()}
+        if len(component) > 1:  # a single source's one list is the model's own, already reported
+            report["components"] = _summaries(component, targets, params.ks)
+        if isinstance(model, Recommender) and model.report:
+            report["validation"] = model.report
+    per_user_all: dict[str, dict[str, np.ndarray]] = {}
+    for name in models:
+        recs = np.concatenate(lists[name]) if lists[name] else np.full((0, k), -1, dtype=np.int64)
         per_user = per_user_all[name] = per_user_metrics(recs, targets, params.ks)
         if lists_out is not None:
             lists_out[name], lists_out["users"] = recs, users
@@ -78,7 +93,7 @@ def evaluate_models(
             "coverage": round(coverage(recs, history.n_items), 6),
             "novelty": round(novelty(recs, popularity), 4),
             # batch scoring time per user of the served path (a two-stage model: the chosen ranker only)
-            "ms_per_user": round(1000 * elapsed / max(len(users), 1), 3),
+            "ms_per_user": round(1000 * elapsed[name] / max(len(users), 1), 3),
         }
         if len(p_users):
             rows = np.searchsorted(users, p_users)  # purchase users are a subset of ``users`` (both sorted)

@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pipelines.data.schema import EVENT_TYPES
-from pipelines.features.interactions import Interactions, Vocab
+from pipelines.features.interactions import Interactions, PartedHistory, Vocab
 
 if TYPE_CHECKING:  # models import these features (item_to_item): a runtime import would be circular
     from pipelines.models.candidates import Candidates
@@ -33,23 +33,21 @@ class ItemInfo:
     n_attributes: int
 
     @classmethod
-    def build(cls, vocab: Vocab, items: pd.DataFrame | None, events: pd.DataFrame) -> ItemInfo:
-        n = len(vocab.items)
-        attrs = pd.Series([[] for _ in range(n)], index=vocab.items, dtype=object)
-        if items is not None:
-            known = items.set_index("item_id")
-            if "attributes" in known:
-                present = known["attributes"].dropna()
-                present = present[present.index.isin(vocab.items)]
-                attrs.loc[present.index] = present.map(list)
-        cats = pd.Categorical(item_categories(vocab.items, items, events))
-        flat = attrs.map(lambda a: list(a)[:MAX_ATTRIBUTES])
-        codes = pd.Categorical([a for row in flat for a in row])
+    def build(cls, vocab: Vocab, items: pd.DataFrame | None, category: pd.Series) -> ItemInfo:
+        """``category``: the category id of each item code (NaN unknown), as the features stage found it."""
+        n = vocab.n_items
         table = np.full((n, MAX_ATTRIBUTES), -1, dtype=np.int64)
-        lengths = flat.map(len).to_numpy()
-        rows = np.repeat(np.arange(n), lengths)
-        cols = np.concatenate([np.arange(k) for k in lengths]) if lengths.sum() else np.array([], dtype=int)
-        table[rows, cols] = codes.codes
+        codes = pd.Categorical([])
+        if items is not None and "attributes" in items:
+            present = items.set_index("item_id")["attributes"].dropna()
+            item_codes = vocab.item_codes(present.index)
+            listed = [list(a)[:MAX_ATTRIBUTES] for a in present[item_codes >= 0]]
+            lengths = np.array([len(a) for a in listed], dtype=np.int64)
+            codes = pd.Categorical([a for row in listed for a in row])
+            rows = np.repeat(item_codes[item_codes >= 0], lengths)
+            cols = np.concatenate([np.arange(k) for k in lengths]) if lengths.sum() else np.array([], dtype=int)
+            table[rows, cols] = codes.codes
+        cats = pd.Categorical(np.asarray(category, dtype=object))
         return cls(category=np.asarray(cats.codes, dtype=np.int64), attributes=table,
                    n_categories=len(cats.categories), n_attributes=len(codes.categories))
 
@@ -60,11 +58,19 @@ def item_categories(item_ids: np.ndarray, items: pd.DataFrame | None, events: pd
     An item that moved category is shown under the new one, so the latest event (by ``ts``) wins. The ranking
     features (``ItemInfo``) and the model's catalogue for serving filters both take categories from here.
     """
-    latest = events.dropna(subset=["category_id"]).sort_values("ts", kind="stable")
-    category = latest.drop_duplicates("item_id", keep="last").set_index("item_id")["category_id"]
+    category = latest_categories(events)["category_id"]
     if items is not None:
         category = items.set_index("item_id")["category_id"].dropna().combine_first(category)
     return category.reindex(item_ids)
+
+
+def latest_categories(events: pd.DataFrame) -> pd.DataFrame:
+    """Per ``item_id`` of ``events``: the category of its latest event with one (later rows win ties) and its ``ts``.
+
+    Also the partial result of one part of a data set: the latest of the parts' latest is the data set's.
+    """
+    latest = events.dropna(subset=["category_id"]).sort_values("ts", kind="stable")
+    return latest.drop_duplicates("item_id", keep="last").set_index("item_id")[["category_id", "ts"]]
 
 
 def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -76,18 +82,24 @@ def pair_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np
     return out
 
 
-def _item_popularity(history: Interactions) -> dict[str, np.ndarray]:
-    """Log counts per item: overall, per event type, and in the latest 10% / 1% of the history's time span."""
-    n = history.n_items
-    out = {"item_pop_all": np.log1p(np.bincount(history.item, minlength=n))}
-    if len(history):
-        lo, hi = history.ts.min(), history.ts.max()
-        for share in (0.1, 0.01):
-            recent = history.ts >= hi - share * (hi - lo)
-            out[f"item_pop_last{int(share * 100)}pct"] = np.log1p(np.bincount(history.item[recent], minlength=n))
-    for code, name in enumerate(EVENT_TYPES[1:], start=1):
-        out[f"item_{name}s"] = np.log1p(np.bincount(history.item[history.event == code], minlength=n))
-    return {k: v.astype(np.float32) for k, v in out.items()}
+def item_popularity(history: PartedHistory) -> dict[str, np.ndarray]:
+    """Log counts per item: overall, per event type, and in the latest 10% / 1% of the history's time span.
+
+    Counts add up over parts, and the windows are those of the whole history, so parts give the whole's features.
+    """
+    n, span = history.n_items, history.ts_range
+    counts: dict[str, np.ndarray] = {}
+    for part in history:
+        windows = {"item_pop_all": np.ones(len(part), dtype=bool)}
+        if span is not None:
+            lo, hi = span
+            for share in (0.1, 0.01):
+                windows[f"item_pop_last{int(share * 100)}pct"] = part.ts >= hi - share * (hi - lo)
+        for code, name in enumerate(EVENT_TYPES[1:], start=1):
+            windows[f"item_{name}s"] = part.event == code
+        for name, keep in windows.items():
+            counts[name] = counts.get(name, 0) + np.bincount(part.item[keep], minlength=n)
+    return {k: np.log1p(v).astype(np.float32) for k, v in counts.items()}
 
 
 class _Profiles:
@@ -188,10 +200,11 @@ def _source_features(cands: Candidates) -> dict[str, np.ndarray]:
 class FeatureContext:
     """Everything about one history that features need, computed once and reused for every user batch."""
 
-    def __init__(self, history: Interactions, info: ItemInfo):
+    def __init__(self, history: Interactions, info: ItemInfo, popularity: dict[str, np.ndarray] | None = None):
+        """``popularity``: the item features of the whole history when ``history`` is one part of it."""
         self.info = info
         self.steps, self.counts = history.steps_back, np.diff(history.user_bounds)
-        self.popularity = _item_popularity(history)
+        self.popularity = item_popularity(PartedHistory.of(history)) if popularity is None else popularity
         self.distinct = np.asarray((history.seen > 0).sum(axis=1)).ravel()
         self.profiles = _Profiles(history, info, self.steps)
 

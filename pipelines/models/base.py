@@ -9,6 +9,7 @@ something says so through that capability, never through the caller testing its 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, PartedHistory
 
 # Validation targets for early stopping: user codes and, per user, the target item codes.
 Targets = tuple[np.ndarray, list[np.ndarray]]
@@ -306,6 +307,21 @@ class Recommender(ABC):
     def with_history(self, history: Interactions) -> Self:
         """Score against a longer history (e.g. train + valid for test) without re-tuning; cheap models refit."""
         return self.fit(history)
+
+    # -- histories held as parts of whole users (``PartedHistory``): item-side reductions, one part attached at a time
+    def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
+        """``fit`` on a history held as parts. Models whose fit is a reduction over users override it and keep no
+        user state (``attach`` adds it); by default every part is joined into one history (memory grows with it)."""
+        return self.fit(history.concat(), valid)
+
+    def with_parts(self, history: PartedHistory) -> Self:
+        """``with_history`` for a history held as parts (item-side state of the whole, no user state)."""
+        return self.with_history(history.concat())
+
+    def attach(self, part: Interactions) -> Self:
+        """A copy that scores the users of ``part`` (one part of the history it was fitted on) with the same
+        item-side state: rank one part's users at a time. By default the copy swaps its history for ``part``."""
+        return copy.copy(self).with_history(part)
 
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:

@@ -31,6 +31,19 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.item)
 
+    @classmethod
+    def concat(cls, parts: list[Candidates], names: list[str]) -> Candidates:
+        """The users of ``parts`` one after another (batches, or parts of users), for sources ``names``."""
+        return cls(
+            users=np.concatenate([p.users for p in parts]).astype(np.int64),
+            group=np.concatenate([p.group for p in parts]).astype(np.int64),
+            user=np.concatenate([p.user for p in parts]).astype(np.int64),
+            item=np.concatenate([p.item for p in parts]).astype(np.int64),
+            scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
+            proposed={n: np.concatenate([p.proposed[n] for p in parts]) for n in names},
+            source_top={n: np.concatenate([p.source_top[n] for p in parts]) for n in names},
+        )
+
 
 def pool_candidates(users: np.ndarray, dense: dict[str, np.ndarray], n: int) -> Candidates:
     """The candidates of one batch from each source's dense (len(users) x items) scores.
@@ -77,16 +90,9 @@ def generate_candidates(
     scorers = {name: model.candidate_scorer(exclude_seen) for name, model in sources.items()}
     parts = [pool_scores(batch, {name: scorer(batch) for name, scorer in scorers.items()}, n_per_source)
              for batch in (users[start: start + batch_size] for start in range(0, len(users), batch_size))]
-    names = list(sources)
-    return Candidates(
-        users=users,
-        group=np.concatenate([p.group for p in parts]).astype(np.int64),
-        user=np.concatenate([p.user for p in parts]).astype(np.int64),
-        item=np.concatenate([p.item for p in parts]).astype(np.int64),
-        scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
-        proposed={n: np.concatenate([p.proposed[n] for p in parts]) for n in names},
-        source_top={n: np.concatenate([p.source_top[n] for p in parts]) for n in names},
-    )
+    if not parts:
+        return pool_scores(users, {name: scorer(users) for name, scorer in scorers.items()}, n_per_source)
+    return Candidates.concat(parts, list(sources))
 
 
 def labels(cands: Candidates, targets: list[np.ndarray]) -> np.ndarray:

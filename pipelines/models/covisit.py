@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.features.interactions import Interactions, event_weight_table
-from pipelines.models.base import Targets
+from pipelines.features.interactions import Interactions, PartedHistory, event_weight_table
 from pipelines.models.item_to_item import ItemToItem
-from pipelines.models.popularity import popularity_scores
+from pipelines.models.popularity import popularity_prior, popularity_scores
 
 
-def covisitation_matrix(history: Interactions, event_weights: dict[str, float], window: int) -> sp.csr_matrix:
-    """C[a, b]: how strongly b follows a within ``window`` steps of the same user, closer steps weigh more."""
+def covisitation_counts(history: Interactions, event_weights: dict[str, float], window: int) -> sp.csr_matrix:
+    """Raw C[a, b]: how strongly b follows a within ``window`` steps of the same user, closer steps weigh more.
+
+    Pairs never cross users, so the counts of a history are the sum of the counts of its parts of whole users.
+    """
     w = history.event_weights(event_weights)
     rows, cols, vals = [], [], []
     for step in range(1, window + 1):
@@ -28,12 +28,16 @@ def covisitation_matrix(history: Interactions, event_weights: dict[str, float], 
     n = history.n_items
     if not rows:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    c = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
     )
+
+
+def normalised_covisitation(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """Counts without self-pairs, each row scaled to sum 1 so that very popular source items do not drown the rest."""
+    c = counts.tocsr(copy=True)
     c.setdiag(0)
     c.eliminate_zeros()
-    # Normalise each row so that very popular source items do not drown the rest.
     row_sum = np.asarray(c.sum(axis=1)).ravel()
     return sp.diags(1.0 / np.maximum(row_sum, 1e-9)).astype(np.float32) @ c
 
@@ -63,17 +67,19 @@ class CoVisitation(ItemToItem):
         self.history_len = history_len
         self.half_life_days = half_life_days
 
-    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
-        self._history = history
-        self.matrix_ = covisitation_matrix(history, self.event_weights, self.window)
-        self.profile_ = self.user_profiles(history)
-        pop = popularity_scores(history, self.event_weights, self.half_life_days)
-        # Scaled below any co-visitation signal, so it only orders items the neighbours do not reach.
-        self.prior_ = (1e-6 * pop / max(float(pop.max()), 1e-9)).astype(np.float32)
-        return self
+    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
+        return covisitation_counts(part, self.event_weights, self.window)
+
+    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        return normalised_covisitation(counts)
+
+    def fit_items(self, history: PartedHistory) -> None:
+        """Popularity scaled below any co-visitation signal, so it only orders the items the neighbours do not reach."""
+        self.prior_ = popularity_prior(popularity_scores(history, self.event_weights, self.half_life_days))
+
+    def adjust(self, scores: np.ndarray) -> np.ndarray:
+        return scores + self.prior_
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return recent_weights(events, steps_back, self.event_weights, self.history_len)
 
-    def adjust(self, scores: np.ndarray) -> np.ndarray:
-        return scores + self.prior_

@@ -8,15 +8,17 @@ rows are sparse, so candidates come from the sparse product and the head of the 
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.features.interactions import Interactions
+from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
-from pipelines.models.base import PriorPlusSparse, Recommender, UserScores, item_order, prepared
+from pipelines.models.base import PriorPlusSparse, Recommender, Targets, UserScores, item_order, prepared
 
 
 class ItemToItem(Recommender):
@@ -26,6 +28,40 @@ class ItemToItem(Recommender):
     sparse_scores = True
     matrix_: sp.csr_matrix
     profile_: sp.csr_matrix
+
+    @abstractmethod
+    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
+        """Raw item x item counts of one part of whole users; the counts of a history are the sum over its parts."""
+
+    @abstractmethod
+    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """The item x item matrix of a whole history from its summed counts (normalising, pruning)."""
+
+    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
+        return self.fit_parts(PartedHistory.of(history), valid)._attach(history)
+
+    def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
+        """``matrix_`` from the counts summed over the parts, one part in memory at a time; no user state."""
+        total = None
+        for part in history:
+            counts = self.pair_counts(part)
+            total = counts if total is None else total + counts
+        self.matrix_ = self.finish(total)
+        self.fit_items(history)
+        return self._attach(Interactions.empty(history.vocab))
+
+    def fit_items(self, history: PartedHistory) -> None:
+        """Further item-side state of the whole history (a prior); none by default."""
+
+    def with_parts(self, history: PartedHistory) -> Self:
+        return self.fit_parts(history)
+
+    def attach(self, part: Interactions) -> Self:
+        return copy.copy(self)._attach(part)
+
+    def _attach(self, part: Interactions) -> Self:
+        self._history, self.profile_ = part, self.user_profiles(part)
+        return self
 
     @abstractmethod
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

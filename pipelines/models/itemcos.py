@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Targets
 from pipelines.models.covisit import recent_weights
 from pipelines.models.item_to_item import ItemToItem
 
@@ -33,14 +30,19 @@ def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
 
 
-def cosine_matrix(history: Interactions, neighbours: int) -> sp.csr_matrix:
-    """Cosine between item columns of the binary user x item matrix, diagonal removed."""
+def cooccurrence_counts(history: Interactions) -> sp.csr_matrix:
+    """Users who interacted with both items, per item pair (the diagonal: users per item). Users are whole in a
+    part, so the counts of a history are the sum of those of its parts."""
     x = history.seen.astype(np.float32)
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    inv = (1.0 / np.maximum(norms, 1e-9)).astype(np.float32)
+    return (x.T @ x).tocsr()
+
+
+def cosine_from_counts(counts: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
+    """Cosine between item columns of the binary user x item matrix, diagonal removed, top ``neighbours`` per row."""
+    sim = counts.tocsr(copy=True)
+    inv = (1.0 / np.maximum(np.sqrt(sim.diagonal()), 1e-9)).astype(np.float32)
     # scaled in place (same float32 products as diag @ C @ diag): the co-occurrence matrix is the memory peak of
     # training at 10M events, and the two diagonal products held two more copies of it
-    sim = (x.T @ x).tocsr()
     sim.data *= inv[np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))]
     sim.data *= inv[sim.indices]
     sim.setdiag(0)
@@ -58,11 +60,11 @@ class ItemCosine(ItemToItem):
         self.history_len = history_len
         self.neighbours = neighbours
 
-    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
-        self._history = history
-        self.matrix_ = cosine_matrix(history, self.neighbours)
-        self.profile_ = self.user_profiles(history)
-        return self
+    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
+        return cooccurrence_counts(part)
+
+    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        return cosine_from_counts(counts, self.neighbours)
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return recent_weights(events, steps_back, self.event_weights, self.history_len)

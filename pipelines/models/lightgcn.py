@@ -17,6 +17,7 @@ ego embeddings: users' and items' embeddings then reflect the longer history wit
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -298,6 +299,12 @@ class LightGCN(Recommender):
         final = propagate(adjacency, ego, self.params.layers)
         n_users = self.history.n_users
         self.user_emb_, self.item_emb_ = final[:n_users], final[n_users:]
+
+    def attach(self, part: Interactions) -> Self:
+        """The embeddings propagated over the whole history score the part's users; the part says what they saw."""
+        other = copy.copy(self)
+        other._history = part
+        return other
 
     def with_history(self, history: Interactions) -> Self:
         """Re-propagate the trained ego embeddings over ``history``'s graph (e.g. train + valid); no training."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.features.interactions import Interactions, event_weight_table
+from pipelines.features.interactions import Interactions, PartedHistory, event_weight_table
 from pipelines.models.base import (
     DenseScores,
     PriorPlusSparse,
@@ -29,13 +30,24 @@ from pipelines.models.base import (
 DAY = 86_400.0
 
 
-def popularity_scores(history: Interactions, event_weights: dict[str, float], half_life_days: float) -> np.ndarray:
-    """Event-weighted counts per item, each event decayed by its age relative to the newest event."""
-    if len(history) == 0:
-        return np.zeros(history.n_items, dtype=np.float32)
-    age_days = (history.ts.max() - history.ts) / DAY
-    w = history.event_weights(event_weights) * np.power(0.5, age_days / half_life_days)
-    return np.bincount(history.item, weights=w, minlength=history.n_items).astype(np.float32)
+def popularity_scores(history: Interactions | PartedHistory, event_weights: dict[str, float],
+                      half_life_days: float) -> np.ndarray:
+    """Event-weighted counts per item, each event decayed by its age relative to the newest event (of all parts)."""
+    parts = history if isinstance(history, PartedHistory) else PartedHistory.of(history)
+    total = np.zeros(parts.n_items, dtype=np.float64)
+    if parts.ts_range is None:
+        return total.astype(np.float32)
+    newest = parts.ts_range[1]
+    for part in parts:
+        age_days = (newest - part.ts) / DAY
+        w = part.event_weights(event_weights) * np.power(0.5, age_days / half_life_days)
+        total += np.bincount(part.item, weights=w, minlength=parts.n_items)
+    return total.astype(np.float32)
+
+
+def popularity_prior(pop: np.ndarray) -> np.ndarray:
+    """float32 ``pop`` scaled to at most 1e-6: below any real signal, so it only breaks ties and orders the rest."""
+    return (1e-6 * pop / max(float(pop.max(initial=0.0)), 1e-9)).astype(np.float32)
 
 
 class Popularity(Recommender):
@@ -49,9 +61,22 @@ class Popularity(Recommender):
         self.half_life_days = half_life_days
 
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
-        self._history = history
-        self.item_scores_ = popularity_scores(history, self.event_weights, self.half_life_days)
+        self.fit_parts(PartedHistory.of(history))._history = history
         return self
+
+    def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
+        self.item_scores_ = popularity_scores(history, self.event_weights, self.half_life_days)
+        self._history = Interactions.empty(history.vocab)
+        return self
+
+    def with_parts(self, history: PartedHistory) -> Self:
+        return self.fit_parts(history)
+
+    def attach(self, part: Interactions) -> Self:
+        """The same list for a part's users; their own history only decides what they have seen."""
+        other = copy.copy(self)
+        other._history = part
+        return other
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores_, (len(users), len(self.item_scores_)))
@@ -84,7 +109,10 @@ class CategoryPopularity(Recommender):
         self.half_life_days = half_life_days
 
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
-        self._history = history
+        return self.fit_parts(PartedHistory.of(history))._attach(history)
+
+    def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
+        """Item shares of their category from the whole history; user affinities come with ``attach``."""
         pop = popularity_scores(history, self.event_weights, self.half_life_days)
         cat = self.item_category
         n_cat = int(cat.max(initial=-1)) + 2  # last slot collects unknown categories
@@ -92,8 +120,18 @@ class CategoryPopularity(Recommender):
         cat_total = np.bincount(cat_slot, weights=pop, minlength=n_cat)
         self.item_share_ = (pop / np.maximum(cat_total[cat_slot], 1e-9)).astype(np.float32)
         self.cat_slot_ = cat_slot
-        self.affinity_ = self._affinity(history.user, history.item, history.event, history.n_users)
-        self.prior_ = (1e-6 * pop / max(float(pop.max(initial=0.0)), 1e-9)).astype(np.float32)
+        self.prior_ = popularity_prior(pop)
+        return self._attach(Interactions.empty(history.vocab))
+
+    def with_parts(self, history: PartedHistory) -> Self:
+        return self.fit_parts(history)
+
+    def attach(self, part: Interactions) -> Self:
+        return copy.copy(self)._attach(part)
+
+    def _attach(self, part: Interactions) -> Self:
+        self._history = part
+        self.affinity_ = self._affinity(part.user, part.item, part.event, part.n_users)
         return self
 
     def _affinity(self, users: np.ndarray, items: np.ndarray, events: np.ndarray, n_users: int) -> sp.csr_matrix:

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 
 import joblib
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, write_json
 from pipelines.core.config import TrainParams
-from pipelines.features.encode import Features, load_features
-from pipelines.features.ranking import ItemInfo, item_categories
+from pipelines.features.encode import Features, FeatureStore, load_features
+from pipelines.features.ranking import ItemInfo
 from pipelines.models import Popularity, Recommender, build_model, build_source
 from pipelines.models.two_stage import RunJobs, TwoStage
 
@@ -19,37 +20,40 @@ EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on t
 ALL_EVENTS = ("train", "valid", "test")
 
 
-def fit_two_stage(features: Features, params: TrainParams, exclude_seen: bool = True,
+def fit_two_stage(features: Features | FeatureStore, params: TrainParams, exclude_seen: bool = True,
                   run_jobs: RunJobs | None = None) -> TwoStage:
     """Sources fitted on the train fold, rankers on the validation targets (see ``pipelines.models.two_stage``)."""
     from pipelines.rankers import build_ranker
 
-    known = features.events[features.events["fold"] != "test"]
-    info = ItemInfo.build(features.vocab, features.items, known)
+    info = ItemInfo.build(features.vocab, features.items, features.category)
     sources = {name: build_source(name, params, info.category) for name in params.sources}
     rankers = {name: build_ranker(name, getattr(params.ranker_params, name)) for name in params.rankers}
     model = TwoStage(sources, rankers, info, params.n_per_source, params.holdout_share, params.seed, exclude_seen,
                      params.max_ranker_users)
-    return model.fit(features.history(("train",)), features.target_sets("valid"), run_jobs)
+    return model.fit_parts(features.histories(("train",)), features.target_sets("valid"), run_jobs)
 
 
-def fit_models(features: Features, params: TrainParams, exclude_seen: bool = True,
+def fit_models(features: Features | FeatureStore, params: TrainParams, exclude_seen: bool = True,
                run_jobs: RunJobs | None = None) -> dict[str, Recommender]:
     """The candidate (scored on test), the serving model (all events) and the popularity baseline.
 
+    Histories are held as the features' parts of whole users; the models keep no user state unless there is a
+    single part, which they then score directly (evaluation and batch lists attach one part at a time).
     ``run_jobs`` runs the independent fits of a two-stage model (see ``TwoStage.fit``), e.g. as parallel tasks.
     """
-    eval_history = features.history(EVAL_HISTORY)
-    baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit(eval_history)
+    eval_history, all_events = features.histories(EVAL_HISTORY), features.histories(ALL_EVENTS)
+    baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit_parts(eval_history)
     if params.model == "two_stage":
         model = fit_two_stage(features, params, exclude_seen, run_jobs)
-        return {"candidate": model.with_history(eval_history), "baseline": baseline,
-                "serving": model.with_history(features.history(ALL_EVENTS))}
-    return {
-        "candidate": build_model(params).fit(eval_history),
-        "baseline": baseline,
-        "serving": build_model(params).fit(features.history(ALL_EVENTS)),
-    }
+        models = {"candidate": model.with_parts(eval_history), "baseline": baseline,
+                  "serving": model.with_parts(all_events)}
+    else:
+        models = {"candidate": build_model(params).fit_parts(eval_history), "baseline": baseline,
+                  "serving": build_model(params).fit_parts(all_events)}
+    if len(eval_history) == 1:
+        history = {"candidate": eval_history, "baseline": eval_history, "serving": all_events}
+        models = {name: model.attach(history[name].part(0)) for name, model in models.items()}
+    return models
 
 
 def run_train(
@@ -65,8 +69,8 @@ def run_train(
         "model": params.model,
         "two_stage": candidate.report or None,
         "params": params.model_dump(),
-        "users": len(features.vocab.users),
-        "items": len(features.vocab.items),
+        "users": features.vocab.n_users,
+        "items": features.vocab.n_items,
         "fit_seconds": round(time.perf_counter() - start, 2),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -74,14 +78,14 @@ def run_train(
         for name, model in models.items():
             joblib.dump(model, tmp / f"{name}.joblib")
         write_json(tmp / "meta.json", meta)
-        catalogue(features).to_parquet(tmp / "items.parquet", index=False)
+        pq.write_table(catalogue(features), tmp / "items.parquet")
     return meta
 
 
-def catalogue(features: Features) -> pd.DataFrame:
+def catalogue(features: Features) -> pa.Table:
     """Every item the model ranks, in code order, with its category (for serving filters and explanations)."""
-    category = item_categories(features.vocab.items, features.items, features.events)
-    return pd.DataFrame({"item_id": features.vocab.items, "category_id": category.to_numpy()})
+    category = pa.array(features.serving_category.to_numpy(dtype=object), pa.string(), from_pandas=True)
+    return pa.table({"item_id": features.vocab.arrow_items, "category_id": category})
 
 
 def load_model(model_dir: str | Path, name: str = "serving") -> Recommender:

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Targets
 from pipelines.models.item_to_item import ItemToItem
 
 
-def transition_matrix(history: Interactions) -> sp.csr_matrix:
-    """T[a, b]: share of a's next distinct steps (same user, consecutive events) that went to b."""
+def transition_counts(history: Interactions) -> sp.csr_matrix:
+    """T[a, b]: how often a user's next distinct step after a was b (consecutive events of the same user; the
+    counts of a history are the sum of those of its parts of whole users)."""
     same_user = history.user[1:] == history.user[:-1]
     moved = history.item[1:] != history.item[:-1]
     keep = same_user & moved
     a, b = history.item[:-1][keep], history.item[1:][keep]
     n = history.n_items
-    t = sp.csr_matrix((np.ones(len(a), dtype=np.float32), (a, b)), shape=(n, n))
-    out_deg = np.asarray(t.sum(axis=1)).ravel()
-    return (sp.diags(1.0 / np.maximum(out_deg, 1.0)).astype(np.float32) @ t).tocsr()
+    return sp.csr_matrix((np.ones(len(a), dtype=np.float32), (a, b)), shape=(n, n))
+
+
+def transition_shares(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """Each row of the counts as shares of the item's next steps."""
+    out_deg = np.asarray(counts.sum(axis=1)).ravel()
+    return (sp.diags(1.0 / np.maximum(out_deg, 1.0)).astype(np.float32) @ counts).tocsr()
 
 
 class Transitions(ItemToItem):
@@ -33,11 +35,11 @@ class Transitions(ItemToItem):
         self.last_n = last_n
         self.decay = decay
 
-    def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
-        self._history = history
-        self.matrix_ = transition_matrix(history)
-        self.profile_ = self.user_profiles(history)
-        return self
+    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
+        return transition_counts(part)
+
+    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        return transition_shares(counts)
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The last ``last_n`` events, weighing ``decay ** steps back`` from the newest."""

@@ -23,8 +23,8 @@ from typing import Any, Self
 import numpy as np
 
 from pipelines.evaluation.metrics import per_user_metrics
-from pipelines.features.interactions import Interactions, Vocab
-from pipelines.features.ranking import FeatureContext, ItemInfo
+from pipelines.features.interactions import Interactions, PartedHistory, Vocab
+from pipelines.features.ranking import FeatureContext, ItemInfo, item_popularity
 from pipelines.models.base import (
     Ranked,
     Recommender,
@@ -117,31 +117,38 @@ class TwoStage(Recommender):
 
     # -- fitting -------------------------------------------------------------------------------------------
     def fit(self, history: Interactions, valid: Targets | None = None, run_jobs: RunJobs | None = None) -> Self:
+        """``fit_parts`` on one history, which is then the one the model scores."""
+        return self.fit_parts(PartedHistory.of(history), valid, run_jobs)._attach(history)
+
+    def fit_parts(self, history: PartedHistory, valid: Targets | None = None, run_jobs: RunJobs | None = None) -> Self:
         """Fit the sources, then the rankers on the sources' candidates for the validation targets.
 
-        ``run_jobs`` runs each group of independent fits (all sources, then all rankers); the default runs
-        them one after another here, the Prefect flow as parallel tasks. Either way the fitted models are the
-        returned ones, so a runner may fit copies in other processes.
+        The sources reduce over the history's parts; the rankers' candidates and features are computed one part
+        at a time (each part's users against that part, item features of the whole history). ``run_jobs`` runs
+        each group of independent fits (all sources, then all rankers); the default runs them one after another
+        here, the Prefect flow as parallel tasks. Either way the fitted models are the returned ones, so a runner
+        may fit copies in other processes. No user state is kept: ``attach`` a part to rank its users.
         """
         if valid is None:
             raise ValueError("TwoStage.fit needs validation targets: the rankers learn from them")
         run_jobs = run_jobs or run_sequentially
-        self._history = history
         timings: dict[str, float] = {}
-        fitted = run_jobs({f"source-{name}": partial(_timed_fit, source, history, valid)
+        fitted = run_jobs({f"source-{name}": partial(_timed_fit, source.fit_parts, history, valid)
                            for name, source in self.sources.items()})
         for name in self.sources:
             self.sources[name], timings[f"fit_{name}"] = fitted[f"source-{name}"]
             log.info("source fitted name=%s seconds=%.1f", name, timings[f"fit_{name}"])
+        self.popularity_ = item_popularity(history)
+        self._attach(Interactions.empty(history.vocab))
         users, targets = sample_users(*valid, self.max_ranker_users, self.seed)
         start = time.perf_counter()
-        scored = self._score_batch(users, FeatureContext(history, self.info), self.exclude_seen)
+        scored = self._score_parts(history, users)
         timings["candidates_and_features"] = round(time.perf_counter() - start, 2)
         y = labels(scored.cands, targets)
         self.report_ = {"valid_candidate_recall": candidate_recall(scored.cands, targets), "timings": timings}
         fit_mask, hold_mask = self._holdout(len(users), scored.cands.group, y)
         train, hold = _subset(scored, y, fit_mask), _subset(scored, y, hold_mask)
-        fitted = run_jobs({f"ranker-{name}": partial(_timed_fit, ranker, train, hold)
+        fitted = run_jobs({f"ranker-{name}": partial(_timed_fit, ranker.fit, train, hold)
                            for name, ranker in self.rankers.items()})
         for name in self.rankers:
             self.rankers[name], timings[f"fit_ranker_{name}"] = fitted[f"ranker-{name}"]
@@ -197,11 +204,24 @@ class TwoStage(Recommender):
 
     def with_history(self, history: Interactions) -> Self:
         """A copy whose sources score against ``history``; rankers and their choice stay as trained."""
+        return self.with_parts(PartedHistory.of(history))._attach(history)
+
+    def with_parts(self, history: PartedHistory) -> Self:
+        """A copy whose sources and item features are those of ``history`` (rankers as trained), no user state."""
         other = copy.copy(self)
-        other.sources = {name: copy.deepcopy(s).with_history(history) for name, s in self.sources.items()}
-        other._history = history
-        other.__dict__.pop("_context", None)
-        return other
+        other.sources = {name: copy.deepcopy(s).with_parts(history) for name, s in self.sources.items()}
+        other.popularity_ = item_popularity(history)
+        return other._attach(Interactions.empty(history.vocab))
+
+    def attach(self, part: Interactions) -> Self:
+        """A copy ranking the users of ``part`` (one part of its history) with the same sources and rankers."""
+        return copy.copy(self)._attach(part)
+
+    def _attach(self, part: Interactions) -> Self:
+        self.sources = {name: s.attach(part) for name, s in self.sources.items()}
+        self._history = part
+        self.__dict__.pop("_context", None)
+        return self
 
     def rank(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> Ranked:
         """The chosen ranker's top k of each user's candidate pool, each item credited to its best-ranking source."""
@@ -263,7 +283,7 @@ class TwoStage(Recommender):
     def _feature_context(self) -> FeatureContext:
         """Features of the current history, built once per history (dropped on pickling)."""
         if getattr(self, "_context", None) is None:
-            self._context = FeatureContext(self.history, self.info)
+            self._context = FeatureContext(self.history, self.info, self.popularity_)
         return self._context
 
     def _sequence_context(self, items: np.ndarray, events: np.ndarray) -> FeatureContext:
@@ -271,9 +291,24 @@ class TwoStage(Recommender):
         vocab = Vocab(users=np.array(["<sequence>"], dtype=object), items=self.history.vocab.items)
         one = Interactions(vocab, np.zeros(len(items), dtype=np.int32), items.astype(np.int32), events.astype(np.int8),
                            np.zeros(len(items), dtype=np.int64))
-        context = FeatureContext(one, self.info)
-        context.popularity = self._feature_context().popularity  # what the catalogue did, not what one user did
-        return context
+        return FeatureContext(one, self.info, self.popularity_)  # what the catalogue did, not what one user did
+
+    def _score_parts(self, history: PartedHistory, users: np.ndarray) -> Scored:
+        """Candidates and features of the sorted known ``users``, each scored against its own part of ``history``."""
+        pieces = []
+        for part in history:
+            if not len(part):
+                continue
+            mine = users[(users >= part.user[0]) & (users <= part.user[-1])]  # a part's users: one code range
+            if len(mine):
+                attached = self.attach(part)
+                pieces.append(attached._score_batch(mine, attached._feature_context(), self.exclude_seen))
+        if not pieces:
+            return self._score_batch(users[:0], self._feature_context(), self.exclude_seen)
+        if len(pieces) == 1:
+            return pieces[0]
+        return Scored(Candidates.concat([p.cands for p in pieces], list(self.sources)),
+                      RankingData.concat([p.data for p in pieces]))
 
     def _score_batch(self, users: np.ndarray, context: FeatureContext, exclude_seen: bool) -> Scored:
         """Candidates of known ``users`` with their features (``context`` describes the users' history)."""
@@ -305,10 +340,10 @@ def run_sequentially(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     return {name: job() for name, job in jobs.items()}
 
 
-def _timed_fit(model: Any, *data: Any) -> tuple[Any, float]:
-    """Fit ``model`` on ``data``; return it with the seconds it took (a job for ``run_jobs``)."""
+def _timed_fit(fit: Callable[..., Any], *data: Any) -> tuple[Any, float]:
+    """``fit(*data)`` (a bound fit method); the fitted model with the seconds it took (a job for ``run_jobs``)."""
     start = time.perf_counter()
-    model.fit(*data)
+    model = fit(*data)
     return model, round(time.perf_counter() - start, 2)
 
 

@@ -51,6 +51,17 @@ class RankingData:
     def n_rows(self) -> int:
         return len(self.X)
 
+    @classmethod
+    def concat(cls, parts: list[RankingData]) -> RankingData:
+        """The query groups of ``parts`` one after another (all with the same features)."""
+        def joined(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return cls(X=np.concatenate([p.X for p in parts]), group=np.concatenate([p.group for p in parts]),
+                   y=joined("y"), feature_names=parts[0].feature_names, item_codes=joined("item_codes"),
+                   user_codes=joined("user_codes"))
+
     @property
     def qid(self) -> np.ndarray:
         """Query id per row (0, 0, ..., 1, 1, ...): the sorted form XGBoost and segment ops want."""

@@ -83,7 +83,7 @@ def test_dvc_repro_runs_every_stage(repro: Path):
 
 def test_dvc_push_and_pull_restore_outputs(repro: Path):
     run(["dvc", "push"], repro)
-    features = repro / "data" / "features" / "events.parquet"
+    features = repro / "data" / "features" / "events" / "part-00000.parquet"
     before = features.read_bytes()
     shutil.rmtree(repro / "data" / "features")
     shutil.rmtree(repro / ".dvc" / "cache")

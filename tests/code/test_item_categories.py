@@ -23,18 +23,19 @@ def features(items: pd.DataFrame | None = None) -> Features:
     events["fold"] = "train"
     vocab = Vocab(users=np.array(["u1", "u2"], dtype=object),
                   items=np.array(["moved", "moved_back", "plain", "unseen"], dtype=object))
-    return Features(vocab, events, pd.DataFrame(columns=["user_id", "item_id", "event_type", "fold"]), items)
+    return Features.from_frames(vocab, events, pd.DataFrame(columns=["user_id", "item_id", "event_type", "fold"]),
+                                items)
 
 
 def feature_categories(f: Features) -> list[str | None]:
-    info = ItemInfo.build(f.vocab, f.items, f.events)
-    names = sorted(set(f.events["category_id"]) | set([] if f.items is None else f.items["category_id"].dropna()))
+    info = ItemInfo.build(f.vocab, f.items, f.category)
+    names = sorted({"new", "old"} | set([] if f.items is None else f.items["category_id"].dropna()))
     return [names[c] if c >= 0 else None for c in info.category]
 
 
 def served_categories(f: Features) -> list[str | None]:
     """The categories the train stage writes to ``items.parquet`` for serving filters (None where unknown)."""
-    return [c if isinstance(c, str) else None for c in catalogue(f)["category_id"]]
+    return catalogue(f)["category_id"].to_pylist()
 
 
 def test_latest_event_category_wins_in_features_and_serving():

@@ -38,7 +38,7 @@ def features(test_shift: int = 0) -> Features:
     split = leave_one_out(cycle_events(test_shift))
     vocab = Vocab(users=np.array(sorted({f"u{u:03d}" for u in range(N_USERS)}), dtype=object),
                   items=np.array([f"i{i:02d}" for i in range(N_ITEMS)], dtype=object))
-    return Features(vocab, split.events, split.targets, None)
+    return Features.from_frames(vocab, split.events, split.targets, None)
 
 
 @pytest.fixture(scope="module")

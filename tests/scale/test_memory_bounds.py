@@ -33,7 +33,7 @@ def test_candidates_do_not_depend_on_the_cell_budget(tmp_path, monkeypatch: pyte
 def test_item_cosine_scaled_in_place_equals_the_diagonal_products(tmp_path) -> None:
     import scipy.sparse as sp
 
-    from pipelines.models.itemcos import cosine_matrix, top_n_per_row
+    from pipelines.models.itemcos import cooccurrence_counts, cosine_from_counts, top_n_per_row
 
     generate(tmp_path / "data", SyntheticParams(users=300, items=400, categories=10, events_per_user=20))
     events = read_events(tmp_path / "data")
@@ -44,6 +44,6 @@ def test_item_cosine_scaled_in_place_equals_the_diagonal_products(tmp_path) -> N
     expected.setdiag(0)
     expected.eliminate_zeros()
     expected = top_n_per_row(expected, 50).astype(np.float32)
-    got = cosine_matrix(history, 50)
+    got = cosine_from_counts(cooccurrence_counts(history), 50)
     for part in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(got, part), getattr(expected, part))

@@ -24,7 +24,7 @@ def test_evaluated_stored_and_served_lists_are_identical(project: Project, tmp_p
     (scored on the fly, no store) for every test user."""
     model_dir = getattr(project, which)
     served = ServingModel.load(model_dir)
-    features = load_features(project.root / "data" / "features")
+    features = load_features(project.root / "data" / "features").all
     lists: dict[str, np.ndarray] = {}
     evaluate_models({"candidate": served.model}, features, EvaluateParams(ks=[K], bootstrap_samples=0),
                     exclude_seen=True, lists_out=lists)

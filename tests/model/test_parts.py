@@ -1,0 +1,58 @@
+"""Training and evaluation over parts of whole users give the model one history would give.
+
+Item-side fits are sums over the parts (exact up to float32 summation order) and every user is ranked against
+their own part, so cutting the users into four parts leaves every source's lists as they were. The learned
+ranker sees the same rows in another order (user codes follow the parts) and its seeded bagging and hold-out
+draw differ, so its metrics agree within sampling noise, not exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.core.config import EvaluateParams, SplitParams, SyntheticParams, TrainParams
+from pipelines.data.generate import generate
+from pipelines.data.split import run_split
+from pipelines.evaluation.evaluate import evaluate_models
+from pipelines.features.encode import FeatureStore, load_features, run_features
+from pipelines.models.train import fit_models
+
+FAST = TrainParams(sources=["covisit", "itemcos", "transitions", "popularity", "category_popularity"],
+                   rankers=["lightgbm"], n_per_source=30)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[int, FeatureStore]:
+    root = tmp_path_factory.mktemp("parts")
+    generate(root / "data", SyntheticParams(users=1200, items=500, categories=10, events_per_user=30, seed=5))
+    out = {}
+    for n, rows in ((1, None), (4, 10_000)):  # ~36k events: one part, or four
+        with pytest.MonkeyPatch.context() as mp:
+            if rows:
+                mp.setattr("pipelines.data.partitions.ROWS_PER_PARTITION", rows)
+            run_split(root / "data", root / f"split{n}", SplitParams())
+        run_features(root / f"split{n}", root / f"features{n}")
+        out[n] = load_features(root / f"features{n}")
+    assert len(out[4].parts) == 4
+    return out
+
+
+def test_four_parts_train_and_evaluate_as_one(stores: dict[int, FeatureStore]):
+    results = {}
+    for n, store in stores.items():
+        models = fit_models(store, FAST)
+        assert (len(models["candidate"].history) == 0) == (n > 1)  # several parts: no user state kept
+        report = evaluate_models({k: models[k] for k in ("candidate", "baseline")}, store,
+                                 EvaluateParams(bootstrap_samples=50), exclude_seen=True)
+        assert report["parts"] == n
+        results[n] = report, models
+    (one, _), (four, _) = results[1], results[4]
+    assert one["users"] == four["users"] > 1000
+    untimed = [{k: v for k, v in r["models"]["baseline"].items() if k != "ms_per_user"} for r in (one, four)]
+    assert untimed[0] == untimed[1]  # popularity: a sum over parts, the same lists
+    for metric in ("ndcg@10", "hr@10"):
+        assert four["models"]["candidate"]["overall"][metric] == pytest.approx(
+            one["models"]["candidate"]["overall"][metric], abs=0.015), metric
+    for source in ("covisit", "itemcos", "transitions", "popularity", "category_popularity"):
+        assert four["components"][f"source:{source}"] == pytest.approx(one["components"][f"source:{source}"],
+                                                                       abs=1e-4), source
