@@ -62,16 +62,26 @@ def best_per_row(rows: np.ndarray, items: np.ndarray, values: np.ndarray, n_rows
     """(n_rows, width) the best ``width`` of candidate (row, item, value) triples per row: value descending, lower
     item first on ties, the order every top list follows; rows with fewer candidates are padded with -1 / -inf.
 
-    The candidates must come in (row, item) order without repeats: one stable sort by (row, value) then keeps items
-    in code order among equal values (-0.0 counts as 0.0, as comparisons do).
+    The candidates must hold no repeated (row, item); where row, value and item fit in 64 bits (batches of up to
+    1,024 rows and 4M items) one sort orders them, otherwise they must come in (row, item) order for a stable sort by
+    (row, value). -0.0 counts as 0.0, as comparisons do.
     """
     if values.dtype != np.float32:
         raise TypeError(f"top lists order float32 scores, not {values.dtype}")
     bits = (values + np.float32(0.0)).view(np.uint32)
-    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # unsigned order of the float order
-    key = (rows.astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
-    order = np.argsort(key, kind="stable")
-    rows, items, values = rows[order], items[order], values[order]
+    descending = ~np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))  # unsigned order of the reversed float order
+    item_bits = max(int(items.max(initial=0)).bit_length(), 1)
+    if (max(n_rows - 1, 0)).bit_length() + 32 + item_bits <= 64:
+        # one sort of (row, -value, item) packed in 64 bits: no argsort, no gathers, any input order
+        key = np.sort((rows.astype(np.uint64) << np.uint64(32 + item_bits))
+                      | (descending.astype(np.uint64) << np.uint64(item_bits)) | items.astype(np.uint64))
+        rows = (key >> np.uint64(32 + item_bits)).astype(np.int64)
+        items = (key & np.uint64((1 << item_bits) - 1)).astype(np.int64)
+        up = ~(key >> np.uint64(item_bits)).astype(np.uint32)  # back to the float's unsigned order
+        values = np.where(up >> 31, up & np.uint32(0x7FFFFFFF), ~up).view(np.float32)
+    else:
+        order = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | descending.astype(np.uint64), kind="stable")
+        rows, items, values = rows[order], items[order], values[order]
     counts = np.bincount(rows, minlength=n_rows)
     pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     keep = pos < width
@@ -209,8 +219,10 @@ class PriorPlusSparse(UserScores):
         kept, fresh = ~contains(self.excluded, stored), ~contains(skip, head_keys)
         keys = np.concatenate([stored[kept], head_keys[fresh]])
         values = np.concatenate([stored_values[kept], self.prior[head[fresh]].astype(np.float32)])
-        order = np.argsort(keys)
-        return best_per_row(keys[order] // n_items, keys[order] % n_items, values[order], n_rows, width)
+        if (max(n_rows - 1, 0)).bit_length() + 32 + max(n_items - 1, 1).bit_length() > 64:
+            order = np.argsort(keys)  # best_per_row then needs (row, item) order
+            keys, values = keys[order], values[order]
+        return best_per_row(keys // n_items, keys % n_items, values, n_rows, width)
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         values = (csr_lookup(self.raw, rows, items) + self.prior[items]).astype(np.float32)
