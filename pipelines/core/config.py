@@ -35,6 +35,9 @@ class SyntheticParams(_Section):
     days: int = Field(9, ge=1)
     start: str = "2017-11-25T00:00:00+00:00"
     seed: int = 7
+    # lognormal spread of how many users take a leaf category as an interest, on top of its size; the real
+    # Taobao log's category popularity is far more skewed (``generate.taobao_proportions`` sets it)
+    category_popularity_sigma: float = Field(0.5, ge=0)
 
 
 class ValidateParams(_Section):
@@ -251,6 +254,9 @@ class EvaluateParams(_Section):
     bootstrap_samples: int = Field(1000, ge=0)
     # at scale: evaluate on a seeded sample of this many test users (null: all); metrics.json records it
     max_users: int | None = Field(None, ge=10)
+    # each source's and ranker's own lists (diagnostics, a second pass over candidates) on a seeded sample of the
+    # evaluated users (null: all of them); the served list is always scored on every evaluated user
+    max_component_users: int | None = Field(None, ge=10)
     seed: int = 0
 
 

@@ -42,6 +42,7 @@ def evaluate_models(
     """
     all_users, all_targets = features.target_sets(fold)
     users, targets = sample_users(all_users, all_targets, params.max_users, params.seed)
+    block_users, block_targets = sample_users(users, targets, params.max_component_users, params.seed)
     history = features.histories(EVAL_HISTORY if fold == "test" else ("train",))
     k = max(params.ks)
     events_per_user = np.zeros(history.n_users, dtype=np.int64)
@@ -64,8 +65,9 @@ def evaluate_models(
                 recs = model.rank(mine, k, exclude_seen).items  # the served path: the lists the API would give
             elapsed[name] += time.perf_counter() - start  # timed alone: evaluating every building block is not serving
             lists[name].append(recs)
-            if isinstance(model, Recommender):
-                for block, top in model.component_lists(mine, k, exclude_seen).items():
+            checked = mine[np.isin(mine, block_users)]
+            if isinstance(model, Recommender) and len(checked):
+                for block, top in model.component_lists(checked, k, exclude_seen).items():
                     blocks.setdefault(name, {}).setdefault(block, []).append(top)
     cold = events_per_user[users] < COLD_START_MAX_EVENTS
     p_users, p_targets = features.target_sets(fold, event_types=("purchase",))
@@ -78,7 +80,8 @@ def evaluate_models(
     for name, model in models.items():
         component = {b: np.concatenate(t) for b, t in blocks.get(name, {}).items()}
         if len(component) > 1:  # a single source's one list is the model's own, already reported
-            report["components"] = _summaries(component, targets, params.ks)
+            report["components"] = _summaries(component, block_targets, params.ks)
+            report["component_users"] = int(len(block_users))
         if isinstance(model, Recommender) and model.report:
             report["validation"] = model.report
     per_user_all: dict[str, dict[str, np.ndarray]] = {}

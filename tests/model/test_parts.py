@@ -56,3 +56,14 @@ def test_four_parts_train_and_evaluate_as_one(stores: dict[int, FeatureStore]):
     for source in ("covisit", "itemcos", "transitions", "popularity", "category_popularity"):
         assert four["components"][f"source:{source}"] == pytest.approx(one["components"][f"source:{source}"],
                                                                        abs=1e-4), source
+
+
+def test_component_lists_on_a_sample_of_the_evaluated_users(stores: dict[int, FeatureStore]):
+    models = fit_models(stores[4], FAST)
+    full = evaluate_models({"candidate": models["candidate"]}, stores[4], EvaluateParams(bootstrap_samples=0), True)
+    sampled = evaluate_models({"candidate": models["candidate"]}, stores[4],
+                              EvaluateParams(bootstrap_samples=0, max_component_users=200), True)
+    assert sampled["component_users"] == 200 < full["component_users"] == full["users"]
+    assert sampled["models"] == {"candidate": {**full["models"]["candidate"],
+                                               "ms_per_user": sampled["models"]["candidate"]["ms_per_user"]}}
+    assert sampled["components"]["source:popularity"] != full["components"]["source:popularity"]
