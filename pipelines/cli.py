@@ -189,12 +189,17 @@ def batch_recommend(
     model_dir: Annotated[Path | None, typer.Option(help="model directory (default: the registry's champion)")] = None,
     out: Annotated[Path | None, typer.Option(help="store directory (default: ROOT/serving)")] = None,
     k: Annotated[int, typer.Option(help="list length per user")] = 100,
+    features: Annotated[Path | None, typer.Option(
+        help="features the model was trained from, ranked part by part when the model holds no user state "
+             "(default: ROOT/data/features)")] = None,
 ) -> None:
     """Precompute every known user's top-k for the API (written atomically; the API picks it up)."""
+    from pipelines.core.paths import Paths
     from pipelines.serving.model import resolve_model_dir
     from pipelines.serving.store import default_store_dir, write_recommendations
 
-    summary = write_recommendations(model_dir or resolve_model_dir(root), out or default_store_dir(root), k)
+    summary = write_recommendations(model_dir or resolve_model_dir(root), out or default_store_dir(root), k,
+                                    features or Paths(root).features)
     console.print(f"wrote top-{k} of {summary['users']:,} users ({summary['rows']:,} rows) to {summary['out_dir']} "
                   f"in {summary['seconds']:.1f} s")
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, read_json, write_json
 from pipelines.core.errors import ShoprecError
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 LISTS_FILE = "recommendations.parquet"
 MANIFEST_FILE = "manifest.json"
 BATCH_USERS = 1024
+LISTS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()),
+                          ("score", pa.float32()), ("source", pa.string()), ("reason", pa.string()),
+                          ("related_item_id", pa.string())])
+RankFn = Callable[[np.ndarray, int], Ranked]  # users, k -> their lists
 
 
 def default_store_dir(root: str | Path) -> Path:
@@ -49,28 +56,58 @@ def lists_frame(model: ServingModel, users: np.ndarray, lists: Ranked) -> pd.Dat
     })
 
 
-def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 100) -> dict[str, Any]:
+def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 100,
+                          features_dir: str | Path | None = None) -> dict[str, Any]:
     """Batch-score every known user of the model in ``model_dir`` and write their top ``k`` to ``out_dir``.
 
-    Returns a summary (users, rows, seconds, model_id, out_dir).
+    A model trained on several parts of users keeps no user state: its users are then ranked one part of
+    ``features_dir`` (the features it was trained from) at a time. Rows are written batch by batch, so memory holds
+    one batch of lists. Returns a summary (users, rows, seconds, model_id, out_dir).
     """
     if k < 1:
         raise ShoprecError(f"k must be at least 1, got {k}")
     start = time.perf_counter()
     model = ServingModel.load(model_dir)
-    users = np.arange(model.history_.n_users)
-    frames = [lists_frame(model, batch, model.top_lists(batch, k))
-              for batch in (users[i: i + BATCH_USERS] for i in range(0, len(users), BATCH_USERS))]
-    frame = pd.concat(frames, ignore_index=True) if frames else lists_frame(model, users, model.top_lists(users, k))
-    seconds = round(time.perf_counter() - start, 2)
-    summary = {"users": len(users), "rows": len(frame), "k": k, "seconds": seconds, "model_id": model.model_id,
-               "trained_at": model.meta.get("trained_at"), "model_dir": str(Path(model_dir).resolve()),
-               "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    users_total = rows = 0
     with atomic_dir(out_dir) as tmp:
-        frame.to_parquet(tmp / LISTS_FILE, index=False)
+        writer: pq.ParquetWriter | None = None
+        for rank, users in _user_parts(model, features_dir):
+            for batch in (users[i: i + BATCH_USERS] for i in range(0, len(users), BATCH_USERS)):
+                table = pa.Table.from_pandas(lists_frame(model, batch, rank(batch, k)), LISTS_SCHEMA,
+                                             preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp / LISTS_FILE, LISTS_SCHEMA)
+                writer.write_table(table)
+                users_total, rows = users_total + len(batch), rows + table.num_rows
+        if writer is None:
+            pq.write_table(LISTS_SCHEMA.empty_table(), tmp / LISTS_FILE)
+        else:
+            writer.close()
+        seconds = round(time.perf_counter() - start, 2)
+        summary = {"users": users_total, "rows": rows, "k": k, "seconds": seconds, "model_id": model.model_id,
+                   "trained_at": model.meta.get("trained_at"), "model_dir": str(Path(model_dir).resolve()),
+                   "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json(tmp / MANIFEST_FILE, summary)
-    log.info("batch recommendations written users=%d rows=%d seconds=%.1f", len(users), len(frame), seconds)
+    log.info("batch recommendations written users=%d rows=%d seconds=%.1f", users_total, rows, seconds)
     return summary | {"out_dir": str(Path(out_dir).resolve())}
+
+
+def _user_parts(model: ServingModel, features_dir: str | Path | None) -> Iterator[tuple[RankFn, np.ndarray]]:
+    """(rank function, its users) per part: the model's own history, or each part of ``features_dir`` attached."""
+    if len(model.history_) or features_dir is None:
+        yield (lambda users, k: model.top_lists(users, k)), np.arange(model.history_.n_users)
+        return
+    from pipelines.features.encode import load_features
+    from pipelines.models.train import ALL_EVENTS
+
+    store = load_features(features_dir)
+    if (store.vocab.n_users, store.vocab.n_items) != (model.history_.n_users, model.history_.n_items):
+        raise ShoprecError(f"{features_dir}: not the features the model was trained on "
+                           f"({store.vocab.n_users} users / {store.vocab.n_items} items, model: "
+                           f"{model.history_.n_users} / {model.history_.n_items})")
+    for part in store.histories(ALL_EVENTS):
+        attached = model.model.attach(part)
+        yield (lambda users, k, m=attached: m.rank(users, k, True)), np.unique(part.user).astype(np.int64)
 
 
 def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ draw differ, so its metrics agree within sampling noise, not exactly.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.core.config import EvaluateParams, SplitParams, SyntheticParams, TrainParams
@@ -67,3 +68,22 @@ def test_component_lists_on_a_sample_of_the_evaluated_users(stores: dict[int, Fe
     assert sampled["models"] == {"candidate": {**full["models"]["candidate"],
                                                "ms_per_user": sampled["models"]["candidate"]["ms_per_user"]}}
     assert sampled["components"]["source:popularity"] != full["components"]["source:popularity"]
+
+
+def test_batch_lists_of_a_parted_model_come_part_by_part(stores: dict[int, FeatureStore], tmp_path):
+    import pandas as pd
+
+    from pipelines.models.train import ALL_EVENTS, load_model, run_train
+    from pipelines.serving.store import write_recommendations
+
+    store = stores[4]
+    run_train(store.root, tmp_path / "model", FAST)
+    summary = write_recommendations(tmp_path / "model", tmp_path / "serving", k=10, features_dir=store.root)
+    lists = pd.read_parquet(tmp_path / "serving" / "recommendations.parquet")
+    assert summary["users"] == lists["user_id"].nunique() == store.vocab.n_users
+    serving = load_model(tmp_path / "model")
+    part = store.histories(ALL_EVENTS).part(2)
+    user = int(part.user[0])
+    expected = serving.attach(part).rank(np.array([user]), 10).items[0]
+    got = lists[lists["user_id"] == store.vocab.users[user]].sort_values("rank")["item_id"].tolist()
+    assert got == [store.vocab.items[i] for i in expected if i >= 0]
