@@ -39,7 +39,7 @@ def test_profile_keeps_base_params_and_applies_the_overrides(tmp_path: Path) -> 
     raw = bench_scale.profile_params(base, tmp_path / "x.csv")
     assert raw["data"]["source"] == f"taobao:{tmp_path / 'x.csv'}"
     assert raw["train"]["n_per_source"] == 7 and raw["train"]["max_ranker_users"] == 20_000
-    assert raw["evaluate"] == {"ks": [10], "max_users": 20_000}
+    assert raw["evaluate"] == {"ks": [10], "max_component_users": 20_000}
 
 
 def test_fits_recover_known_laws() -> None:
