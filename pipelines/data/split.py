@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, write_json
 from pipelines.core.config import SplitParams
+from pipelines.core.engine import map_parts
 from pipelines.core.errors import DataError, ShoprecError
 from pipelines.data.events_io import read_items, write_items
 from pipelines.data.partitions import partition_count, shuffle_by_user
@@ -123,14 +124,8 @@ def run_split(dataset_dir: str | Path, out_dir: str | Path, params: SplitParams)
         end = _newest(parts) if params.protocol == "temporal" else None
         (tmp / "events").mkdir()
         (tmp / "targets").mkdir()
-        for n, path in enumerate(parts, 1):
-            split = make_split(_read_part(path), params, end)
-            split.events.to_parquet(tmp / "events" / path.name, index=False)
-            split.targets.to_parquet(tmp / "targets" / path.name, index=False)
-            totals["events"] += len(split.events)
-            totals.update({f"{f}_events": int((split.events["fold"] == f).sum()) for f in FOLDS})
-            totals.update({f"{f}_targets": int((split.targets["fold"] == f).sum()) for f in ("valid", "test")})
-            log.info("split part=%d/%d events=%d", n, len(parts), len(split.events))
+        for counts in map_parts(_split_part, [(path, tmp, params, end) for path in parts]):
+            totals.update(counts)
         if not totals["valid_targets"] + totals["test_targets"]:
             raise ShoprecError(f"split: protocol {params.protocol} produced no targets (too few events per user?)")
         items = read_items(dataset_dir)
@@ -141,6 +136,18 @@ def run_split(dataset_dir: str | Path, out_dir: str | Path, params: SplitParams)
                    **{f"{f}_targets": totals[f"{f}_targets"] for f in ("valid", "test")}}
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def _split_part(path: Path, out: Path, params: SplitParams, end: pd.Timestamp | None) -> Counter[str]:
+    """Split one part of whole users into ``out``; its event and target counts (a task on a cluster)."""
+    split = make_split(_read_part(path), params, end)
+    split.events.to_parquet(out / "events" / path.name, index=False)
+    split.targets.to_parquet(out / "targets" / path.name, index=False)
+    counts: Counter[str] = Counter(events=len(split.events))
+    counts.update({f"{f}_events": int((split.events["fold"] == f).sum()) for f in FOLDS})
+    counts.update({f"{f}_targets": int((split.targets["fold"] == f).sum()) for f in ("valid", "test")})
+    log.info("split part=%s events=%d", path.name, len(split.events))
+    return counts
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ import pandas as pd
 
 from pipelines.core.atomic import atomic_file, write_json
 from pipelines.core.config import EvaluateParams, SplitParams
+from pipelines.core.engine import map_parts
 from pipelines.evaluation.champion import Champion
 from pipelines.evaluation.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
 from pipelines.features.encode import Features, FeatureStore, load_features
+from pipelines.features.interactions import PartedHistory, Vocab
 from pipelines.models import Recommender
 from pipelines.models.train import EVAL_HISTORY, load_model
 from pipelines.models.two_stage import sample_users
@@ -30,6 +33,41 @@ def _summaries(lists: dict[str, np.ndarray], targets: list[np.ndarray], ks: list
     return {part: _summary(per_user_metrics(r, targets, ks)) for part, r in lists.items()}
 
 
+@dataclass
+class _PartLists:
+    """What ranking one part's evaluated users gives: each model's lists and time, building blocks, counts."""
+
+    lists: dict[str, np.ndarray]
+    seconds: dict[str, float]
+    blocks: dict[str, dict[str, np.ndarray]]
+    events_per_user: np.ndarray
+    popularity: np.ndarray
+
+
+def _rank_part(models: dict[str, Recommender | Champion], vocab: Vocab, history: PartedHistory, i: int,
+               users: np.ndarray, block_users: np.ndarray, k: int, exclude_seen: bool) -> _PartLists:
+    """Rank the evaluated users of part ``i`` with every model attached to it (a task on a cluster)."""
+    part = history.part(i)
+    out = _PartLists({}, {}, {}, np.bincount(part.user, minlength=history.n_users),
+                     np.bincount(part.item, minlength=history.n_items).astype(np.float64))
+    mine = users[(users >= part.user[0]) & (users <= part.user[-1])] if len(part) else users[:0]
+    if not len(mine):
+        return out
+    for name, model in models.items():
+        start = time.perf_counter()
+        if isinstance(model, Champion):
+            recs = model.lists(vocab, mine, k, exclude_seen)
+        else:
+            model = model if len(history) == 1 else model.attach(part)  # one part: fitted on it already
+            recs = model.rank(mine, k, exclude_seen).items  # the served path: the lists the API would give
+        out.seconds[name] = time.perf_counter() - start  # timed alone: evaluating every building block is not serving
+        out.lists[name] = recs
+        checked = mine[np.isin(mine, block_users)]
+        if isinstance(model, Recommender) and len(checked):
+            out.blocks[name] = model.component_lists(checked, k, exclude_seen)
+    return out
+
+
 def evaluate_models(
     models: dict[str, Recommender | Champion], features: Features | FeatureStore, params: EvaluateParams,
     exclude_seen: bool, fold: str = "test", lists_out: dict[str, np.ndarray] | None = None,
@@ -37,8 +75,9 @@ def evaluate_models(
     """Metrics of every model on ``fold``, with segments and bootstrap intervals against ``baseline``.
 
     Users are ranked one part of the history at a time (each model attached to the part), so memory holds one
-    part's users whatever the number of users. ``lists_out``, when given, receives each model's top-k item codes
-    for the fold's users (key ``users``).
+    part's users whatever the number of users; with a Dask cluster configured the parts are tasks on its
+    workers. ``lists_out``, when given, receives each model's top-k item codes for the fold's users (key
+    ``users``).
     """
     all_users, all_targets = features.target_sets(fold)
     users, targets = sample_users(all_users, all_targets, params.max_users, params.seed)
@@ -50,25 +89,16 @@ def evaluate_models(
     lists: dict[str, list[np.ndarray]] = {name: [] for name in models}
     blocks: dict[str, dict[str, list[np.ndarray]]] = {}
     elapsed = dict.fromkeys(models, 0.0)
-    for part in history:
-        events_per_user += np.bincount(part.user, minlength=history.n_users)
-        popularity += np.bincount(part.item, minlength=history.n_items)
-        mine = users[(users >= part.user[0]) & (users <= part.user[-1])] if len(part) else users[:0]
-        if not len(mine):
-            continue
-        for name, model in models.items():
-            start = time.perf_counter()
-            if isinstance(model, Champion):
-                recs = model.lists(features.vocab, mine, k, exclude_seen)
-            else:
-                model = model if len(history) == 1 else model.attach(part)  # one part: fitted on it already
-                recs = model.rank(mine, k, exclude_seen).items  # the served path: the lists the API would give
-            elapsed[name] += time.perf_counter() - start  # timed alone: evaluating every building block is not serving
-            lists[name].append(recs)
-            checked = mine[np.isin(mine, block_users)]
-            if isinstance(model, Recommender) and len(checked):
-                for block, top in model.component_lists(checked, k, exclude_seen).items():
-                    blocks.setdefault(name, {}).setdefault(block, []).append(top)
+    jobs = [(models, features.vocab, history, i, users, block_users, k, exclude_seen) for i in range(len(history))]
+    for part in map_parts(_rank_part, jobs):  # in part order, so lists line up with the sorted users
+        events_per_user += part.events_per_user
+        popularity += part.popularity
+        for name in models:
+            if name in part.lists:
+                lists[name].append(part.lists[name])
+                elapsed[name] += part.seconds[name]
+            for block, top in part.blocks.get(name, {}).items():
+                blocks.setdefault(name, {}).setdefault(block, []).append(top)
     cold = events_per_user[users] < COLD_START_MAX_EVENTS
     p_users, p_targets = features.target_sets(fold, event_types=("purchase",))
     sampled = np.isin(p_users, users)  # purchase users outside the evaluated sample are left out

@@ -16,6 +16,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.core.engine import map_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
 from pipelines.models.base import PriorPlusSparse, Recommender, Targets, UserScores, item_order, prepared
@@ -43,8 +44,7 @@ class ItemToItem(Recommender):
     def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
         """``matrix_`` from the counts summed over the parts, one part in memory at a time; no user state."""
         total = None
-        for part in history:
-            counts = self.pair_counts(part)
+        for counts in map_parts(_part_counts, [(self, history, i) for i in range(len(history))]):
             total = counts if total is None else total + counts
         self.matrix_ = self.finish(total)
         self.fit_items(history)
@@ -112,3 +112,8 @@ class ItemToItem(Recommender):
         order = np.argsort(-row.data, kind="stable")
         order = order[row.data[order] > 0]
         return row.indices[order].astype(np.int64), row.data[order].astype(np.float32)
+
+
+def _part_counts(source: ItemToItem, history: PartedHistory, i: int) -> sp.csr_matrix:
+    """``source.pair_counts`` of part ``i`` (a task on a cluster: the part is read where it runs)."""
+    return source.pair_counts(history.part(i))
