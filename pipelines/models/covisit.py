@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, PartedHistory, event_weight_table
-from pipelines.models.item_to_item import ItemToItem
+from pipelines.models.item_to_item import ItemToItem, summed_counts
 from pipelines.models.popularity import popularity_prior, popularity_scores
 
 
@@ -67,11 +69,9 @@ class CoVisitation(ItemToItem):
         self.history_len = history_len
         self.half_life_days = half_life_days
 
-    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
-        return covisitation_counts(part, self.event_weights, self.window)
-
-    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        return normalised_covisitation(counts)
+    def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
+        counts = partial(covisitation_counts, event_weights=self.event_weights, window=self.window)
+        return normalised_covisitation(summed_counts(history, counts))
 
     def fit_items(self, history: PartedHistory) -> None:
         """Popularity scaled below any co-visitation signal, so it only orders the items the neighbours do not reach."""

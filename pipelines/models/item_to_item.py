@@ -31,22 +31,15 @@ class ItemToItem(Recommender):
     profile_: sp.csr_matrix
 
     @abstractmethod
-    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
-        """Raw item x item counts of one part of whole users; the counts of a history are the sum over its parts."""
-
-    @abstractmethod
-    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        """The item x item matrix of a whole history from its summed counts (normalising, pruning)."""
+    def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
+        """The item x item matrix of the whole history, as a reduction over its parts (see ``summed_counts``)."""
 
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         return self.fit_parts(PartedHistory.of(history), valid)._attach(history)
 
     def fit_parts(self, history: PartedHistory, valid: Targets | None = None) -> Self:
-        """``matrix_`` from the counts summed over the parts, one part in memory at a time; no user state."""
-        total = None
-        for counts in map_parts(_part_counts, [(self, history, i) for i in range(len(history))]):
-            total = counts if total is None else total + counts
-        self.matrix_ = self.finish(total)
+        """``matrix_`` as a reduction over the parts, one part in memory at a time; no user state."""
+        self.matrix_ = self.fit_matrix(history)
         self.fit_items(history)
         return self._attach(Interactions.empty(history.vocab))
 
@@ -114,6 +107,15 @@ class ItemToItem(Recommender):
         return row.indices[order].astype(np.int64), row.data[order].astype(np.float32)
 
 
-def _part_counts(source: ItemToItem, history: PartedHistory, i: int) -> sp.csr_matrix:
-    """``source.pair_counts`` of part ``i`` (a task on a cluster: the part is read where it runs)."""
-    return source.pair_counts(history.part(i))
+def summed_counts(history: PartedHistory, pair_counts: Callable[[Interactions], sp.csr_matrix]) -> sp.csr_matrix:
+    """``pair_counts`` of every part (item x item counts that never cross users), summed in part order: the counts of
+    the whole history. The parts are tasks on a cluster when one is configured."""
+    total = None
+    for counts in map_parts(_part_counts, [(pair_counts, history, i) for i in range(len(history))]):
+        total = counts if total is None else total + counts
+    return total
+
+
+def _part_counts(pair_counts: Callable[[Interactions], sp.csr_matrix], history: PartedHistory,
+                 i: int) -> sp.csr_matrix:
+    return pair_counts(history.part(i))

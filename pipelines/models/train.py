@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
@@ -35,25 +36,34 @@ def fit_two_stage(features: Features | FeatureStore, params: TrainParams, exclud
 
 def fit_models(features: Features | FeatureStore, params: TrainParams, exclude_seen: bool = True,
                run_jobs: RunJobs | None = None) -> dict[str, Recommender]:
-    """The candidate (scored on test), the serving model (all events) and the popularity baseline.
+    """The candidate (scored on test), the serving model (all events) and the popularity baseline."""
+    return dict(iter_models(features, params, exclude_seen, run_jobs))
+
+
+def iter_models(features: Features | FeatureStore, params: TrainParams, exclude_seen: bool = True,
+                run_jobs: RunJobs | None = None) -> Iterator[tuple[str, Recommender]]:
+    """``fit_models`` one model at a time, so a caller can store each and let it go before the next is built.
 
     Histories are held as the features' parts of whole users; the models keep no user state unless there is a
     single part, which they then score directly (evaluation and batch lists attach one part at a time).
     ``run_jobs`` runs the independent fits of a two-stage model (see ``TwoStage.fit``), e.g. as parallel tasks.
     """
-    eval_history, all_events = features.histories(EVAL_HISTORY), features.histories(ALL_EVENTS)
-    baseline = Popularity(params.event_weights, params.popularity_half_life_days).fit_parts(eval_history)
+    histories = {"baseline": features.histories(EVAL_HISTORY), "candidate": features.histories(EVAL_HISTORY),
+                 "serving": features.histories(ALL_EVENTS)}
+
+    def ready(name: str, model: Recommender) -> tuple[str, Recommender]:
+        history = histories[name]
+        return name, model.attach(history.part(0)) if len(history) == 1 else model
+
+    yield ready("baseline", Popularity(params.event_weights, params.popularity_half_life_days)
+                .fit_parts(histories["baseline"]))
     if params.model == "two_stage":
         model = fit_two_stage(features, params, exclude_seen, run_jobs)
-        models = {"candidate": model.with_parts(eval_history), "baseline": baseline,
-                  "serving": model.with_parts(all_events)}
+        for name in ("candidate", "serving"):
+            yield ready(name, model.with_parts(histories[name]))
     else:
-        models = {"candidate": build_model(params).fit_parts(eval_history), "baseline": baseline,
-                  "serving": build_model(params).fit_parts(all_events)}
-    if len(eval_history) == 1:
-        history = {"candidate": eval_history, "baseline": eval_history, "serving": all_events}
-        models = {name: model.attach(history[name].part(0)) for name, model in models.items()}
-    return models
+        for name in ("candidate", "serving"):
+            yield ready(name, build_model(params).fit_parts(histories[name]))
 
 
 def run_train(
@@ -63,20 +73,22 @@ def run_train(
     """Stage entry point: write ``candidate.joblib``, ``baseline.joblib``, ``serving.joblib`` and ``meta.json``."""
     start = time.perf_counter()
     features = load_features(features_dir)
-    models = fit_models(features, params, exclude_seen, run_jobs)
-    candidate = models["candidate"]
-    meta = {
-        "model": params.model,
-        "two_stage": candidate.report or None,
-        "params": params.model_dump(),
-        "users": features.vocab.n_users,
-        "items": features.vocab.n_items,
-        "fit_seconds": round(time.perf_counter() - start, 2),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    report: dict[str, object] = {}
     with atomic_dir(out_dir) as tmp:
-        for name, model in models.items():
+        for name, model in iter_models(features, params, exclude_seen, run_jobs):  # stored as built: one in memory
             joblib.dump(model, tmp / f"{name}.joblib")
+            if name == "candidate":
+                report = model.report
+            del model
+        meta = {
+            "model": params.model,
+            "two_stage": report or None,
+            "params": params.model_dump(),
+            "users": features.vocab.n_users,
+            "items": features.vocab.n_items,
+            "fit_seconds": round(time.perf_counter() - start, 2),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_json(tmp / "meta.json", meta)
         pq.write_table(catalogue(features), tmp / "items.parquet")
     return meta

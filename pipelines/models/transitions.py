@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.features.interactions import Interactions
-from pipelines.models.item_to_item import ItemToItem
+from pipelines.features.interactions import Interactions, PartedHistory
+from pipelines.models.item_to_item import ItemToItem, summed_counts
 
 
 def transition_counts(history: Interactions) -> sp.csr_matrix:
@@ -35,11 +35,8 @@ class Transitions(ItemToItem):
         self.last_n = last_n
         self.decay = decay
 
-    def pair_counts(self, part: Interactions) -> sp.csr_matrix:
-        return transition_counts(part)
-
-    def finish(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        return transition_shares(counts)
+    def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
+        return transition_shares(summed_counts(history, transition_counts))
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The last ``last_n`` events, weighing ``decay ** steps back`` from the newest."""

@@ -209,7 +209,7 @@ class TwoStage(Recommender):
     def with_parts(self, history: PartedHistory) -> Self:
         """A copy whose sources and item features are those of ``history`` (rankers as trained), no user state."""
         other = copy.copy(self)
-        other.sources = {name: copy.deepcopy(s).with_parts(history) for name, s in self.sources.items()}
+        other.sources = {name: copy.copy(s).with_parts(history) for name, s in self.sources.items()}
         other.popularity_ = item_popularity(history)
         return other._attach(Interactions.empty(history.vocab))
 
