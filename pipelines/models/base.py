@@ -211,18 +211,28 @@ class PriorPlusSparse(UserScores):
         stored = csr_keys(self.raw)  # sorted
         stored_values = (self.raw.data + self.prior[self.raw.indices]).astype(np.float32)
         skip = distinct(np.concatenate([stored, self.excluded]))  # not scored by their prior alone
-        # each row's first width + |skip| items of the prior order hold its width best items scored by prior alone
-        reach = np.minimum(width + np.bincount(skip // n_items, minlength=n_rows), n_items)
-        head_rows = np.repeat(np.arange(n_rows), reach)
-        head = self.order[np.arange(len(head_rows)) - np.repeat(np.cumsum(reach) - reach, reach)]
-        head_keys = pair_keys(head_rows, head, n_items)
-        kept, fresh = ~contains(self.excluded, stored), ~contains(skip, head_keys)
+        # each row's first width + |skip| items of the prior order hold its width best items scored by prior alone;
+        # the first 2 * width almost always do, so rows read further only when those fall short
+        enough = np.minimum(width + np.bincount(skip // n_items, minlength=n_rows), n_items)
+        reach = np.minimum(enough, 2 * width)
+        head_rows, head, head_keys, fresh = self._head(reach, skip)
+        short = (np.bincount(head_rows[fresh], minlength=n_rows) < width) & (reach < enough)
+        if short.any():
+            head_rows, head, head_keys, fresh = self._head(np.where(short, enough, reach), skip)
+        kept = ~contains(self.excluded, stored)
         keys = np.concatenate([stored[kept], head_keys[fresh]])
         values = np.concatenate([stored_values[kept], self.prior[head[fresh]].astype(np.float32)])
         if (max(n_rows - 1, 0)).bit_length() + 32 + max(n_items - 1, 1).bit_length() > 64:
             order = np.argsort(keys)  # best_per_row then needs (row, item) order
             keys, values = keys[order], values[order]
         return best_per_row(keys // n_items, keys % n_items, values, n_rows, width)
+
+    def _head(self, reach: np.ndarray, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's first ``reach`` items of the prior order: rows, items, pair keys, whether not in ``skip``."""
+        head_rows = np.repeat(np.arange(len(reach)), reach)
+        head = self.order[np.arange(len(head_rows)) - np.repeat(np.cumsum(reach) - reach, reach)]
+        head_keys = pair_keys(head_rows, head, self.raw.shape[1])
+        return head_rows, head, head_keys, ~contains(skip, head_keys)
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         values = (csr_lookup(self.raw, rows, items) + self.prior[items]).astype(np.float32)

@@ -214,3 +214,21 @@ def test_top_k_breaks_ties_by_the_lower_index(k, n):
     order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)[:, : min(k, n)]
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_array_equal(vals, np.take_along_axis(scores, order, axis=1))
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_users_who_saw_the_whole_head_of_the_prior_read_further(exclude_seen):
+    """The prior's first 2 * n items usually hold a user's n best unseen ones; a user who saw all of them (and the
+    users whose stored items crowd them out) must read further down the order, as the dense row does."""
+    n_items, n = 300, 5
+    base_history = make_history(40, n_items, 2_000, seed=4)
+    popular = np.argsort(-np.bincount(base_history.item, minlength=n_items), kind="stable")[:3 * n]
+    user = np.concatenate([base_history.user, np.full(len(popular), 40, dtype=np.int32)])
+    item = np.concatenate([base_history.item, popular.astype(np.int32)])
+    vocab = Vocab(users=np.array([f"u{u}" for u in range(41)], dtype=object), items=base_history.vocab.items)
+    order = np.lexsort((np.arange(len(user)), user))
+    history = Interactions(vocab, user[order], item[order], np.zeros(len(user), np.int8),
+                           np.arange(len(user), dtype=np.int64)[order])
+    one = {"popularity": Popularity(WEIGHTS).fit(history)}
+    users = np.arange(41)
+    assert_same(generate_candidates(one, users, n, exclude_seen), dense_candidates(one, users, n, exclude_seen))
