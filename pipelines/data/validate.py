@@ -4,20 +4,37 @@ Under ``policy: fail`` any failed expectation stops the pipeline. Under ``policy
 row-level expectations are set aside (``quarantine.parquet``, with the reasons) and the rest goes on, unless
 too many rows are bad or a table-level expectation (columns, types, size) fails. Either way the reports
 (``summary.json``, GX Data Docs) are written, and ``out_dir`` is written only when the data passes.
+
+Memory holds one bucket of whole users at a time, whatever the size of the log: the events are shuffled into
+``partition_count(rows)`` user buckets (``pipelines.data.partitions``, in a temporary directory beside
+``out_dir``) and GX validates each bucket on its own. Per-user counts and duplicates (whose key holds the user)
+are bucket-local; the per-check results are added up over the buckets and the table-level verdicts (columns,
+types, share of rows from users with too few events, duplicate share, row count against the previous version,
+bad-row share) are judged on the totals. ``summary.json`` reports the totals (examples from the first buckets);
+the GX Data Docs show the first bucket's validation only. The validated ``events/`` holds one part per user
+bucket that kept rows (``part_name(b)``), so later per-user stages read one part at a time; a small log is one
+bucket, read in its source order, so its output is the rows of the input in their order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, atomic_file, write_json
@@ -28,11 +45,19 @@ from pipelines.data.expectations import (
     IN_CATALOGUE,
     USER_EVENTS,
     CheckResult,
+    Suite,
+    Totals,
     Window,
     build_checks,
-    run_checks,
+    judge_row_count,
+    row_count_check,
 )
+from pipelines.data.partitions import part_name, partition_count, shuffle_by_user
 from pipelines.data.schema import EVENTS_SCHEMA, Manifest, events_dir, items_path
+
+log = logging.getLogger(__name__)
+
+PARTITIONED_BY = "fnv1a64(user_id) % n"
 
 
 @dataclass
@@ -48,8 +73,10 @@ class ValidationReport:
 
 
 @dataclass
-class _Dataset:
-    events: pd.DataFrame  # original columns, RangeIndex (GX reports row positions)
+class _Source:
+    parts: list[Path]  # the input's events parts, in name order
+    columns: list[str]  # union of the parts' columns, in order of appearance
+    rows: int
     items: Path | None
     manifest: Manifest
 
@@ -62,66 +89,152 @@ class _Verdict:
     problems: list[str]  # one-line reasons the data set is rejected; empty on success
 
 
+@dataclass
+class _Output:
+    """What the validated buckets add up to (for the manifest, the summary and the history)."""
+
+    rows: int = 0
+    bad_rows: int = 0
+    good_rows: int = 0
+    users: int = 0  # summed over buckets: a bucket holds whole users
+    items: pa.Array | None = None  # distinct item ids of the good rows so far
+    writing: bool = True  # every bucket so far may be part of a passing data set
+
+
 def validate(
     dataset_dir: str | Path, out_dir: str | Path, reports_dir: str | Path, params: ValidateParams
 ) -> ValidationReport:
-    """Run the suite on ``dataset_dir``; write reports, then the validated data set or raise ValidationFailed."""
-    data = _load(Path(dataset_dir))
+    """Run the suite on ``dataset_dir`` bucket by bucket; write reports, then the validated data set or raise
+    ValidationFailed."""
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    source = _source(dataset_dir)
     report_dir = Path(reports_dir) / "validation"
     summary_path, docs_path = report_dir / "summary.json", report_dir / "data_docs"
     history_path = report_dir / "history.jsonl"
-    window = _window(data.manifest, params)
-    fingerprint = _fingerprint(data.events)
-    prev_rows = _previous_rows(history_path, fingerprint)
-    catalogue = _catalogue(data.items)
-    checks = build_checks(data.events.columns, window, catalogue, prev_rows, params)
-    with atomic_dir(docs_path) as tmp_docs:
-        results = run_checks(_with_derived_columns(data.events, catalogue), checks, tmp_docs)
+    window = _window(source.manifest, params)
+    catalogue = _catalogue(source.items)
+    checks = build_checks(source.columns, window, catalogue is not None, params)
+    n = partition_count(source.rows)
+    totals, out = Totals(checks), _Output()
+    fingerprint = hashlib.sha256(",".join(source.columns).encode())
+    with atomic_dir(out_dir) as tmp_out:
+        events_dir(tmp_out).mkdir()
+        with (
+            atomic_dir(docs_path) as tmp_docs,
+            _quarantine(report_dir / "quarantine.parquet", params.policy) as quarantine,
+            _buckets(source, n, out_dir.parent) as buckets,
+        ):
+            suite = Suite(checks, tmp_docs)
+            for bucket, table in buckets:
+                started = time.perf_counter()
+                events = table.to_pandas()
+                fingerprint.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
+                results = suite.run(_with_derived_columns(events, table, catalogue), docs=out.rows == 0)
+                reasons = _reasons(events, results)
+                totals.add(results, out.rows)
+                quarantine.add(table, reasons)
+                out.writing = out.writing and all(_may_pass(r, params.policy) for r in results)
+                if out.writing:  # else the data set is rejected: no need to write, and its rows may not be canonical
+                    good = events.drop(index=list(reasons)) if params.policy == "quarantine" else events
+                    _write_part(events_dir(tmp_out) / part_name(bucket), good, out)
+                out.rows, out.bad_rows = out.rows + len(events), out.bad_rows + len(reasons)
+                log.info("validate bucket=%d/%d rows=%d bad=%d seconds=%.1f", bucket + 1, n, len(events),
+                         len(reasons), time.perf_counter() - started)
 
-    reasons = _reasons(data.events, results)
-    verdict = _judge(params, results, reasons, len(data.events))
-    quarantined = _write_quarantine(report_dir, data.events, reasons, params.policy)
-    summary = _summary(params, data, window, results, verdict, quarantined, fingerprint, prev_rows)
-    write_json(summary_path, summary | {"data_docs": str(docs_path / "index.html")})
+        digest = fingerprint.hexdigest()
+        prev_rows = _previous_rows(history_path, digest)
+        results = totals.results()
+        if prev_rows is not None:
+            results.append(judge_row_count(row_count_check(prev_rows, params), out.rows))
+        verdict = _judge(params, results, out.bad_rows, out.rows)
+        quarantined = out.bad_rows if params.policy == "quarantine" else 0
+        summary = _summary(params, window, results, verdict, quarantined, digest, prev_rows, out.rows, n)
+        write_json(summary_path, summary | {"data_docs": str(docs_path / "index.html")})
+        if not verdict.success:
+            raise ValidationFailed(f"validation failed: {'; '.join(verdict.problems)}; see {summary_path}")
+        _finish_dataset(tmp_out, source, window, out, quarantined, n)
+    _append_history(history_path, digest, out.rows, out.good_rows, dataset_dir)
     failed = [r.check.label for r in results if not r.success]
-    if not verdict.success:
-        raise ValidationFailed(f"validation failed: {'; '.join(verdict.problems)}; see {summary_path}")
-
-    good = data.events.drop(index=list(reasons)) if params.policy == "quarantine" else data.events
-    _write_dataset(Path(out_dir), good, data, window, quarantined)
-    _append_history(history_path, fingerprint, len(data.events), len(good), Path(dataset_dir))
-    return ValidationReport(True, len(data.events), verdict.bad_rows, failed, summary_path, docs_path)
+    return ValidationReport(True, out.rows, verdict.bad_rows, failed, summary_path, docs_path)
 
 
-def _load(dataset_dir: Path) -> _Dataset:
-    """Read the events parts, the optional catalogue and the manifest; the manifest marks a complete data set."""
+def _source(dataset_dir: Path) -> _Source:
+    """The parts' row counts and columns from their footers; the manifest marks a complete data set."""
     if not (dataset_dir / "manifest.json").exists():
         raise DataError(dataset_dir, "no manifest.json: not a complete canonical data set")
     parts = sorted(events_dir(dataset_dir).glob("*.parquet"))
     if not parts:
         raise DataError(events_dir(dataset_dir), "no events parquet parts")
-    frames = [_read_parquet(p) for p in parts]
-    events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    rows, columns = 0, {}
+    for path in parts:
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(path, f"unreadable parquet: {exc}") from None
+        rows += metadata.num_rows
+        columns |= dict.fromkeys(metadata.schema.to_arrow_schema().names)
     items = items_path(dataset_dir)
-    return _Dataset(events, items if items.exists() else None, Manifest.read(dataset_dir))
+    return _Source(parts, list(columns), rows, items if items.exists() else None, Manifest.read(dataset_dir))
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+@contextmanager
+def _buckets(source: _Source, n: int, scratch: Path) -> Iterator[Iterator[tuple[int, pa.Table]]]:
+    """(bucket number, table) of each bucket of whole users that has rows, in bucket order.
+
+    One bucket is the parts concatenated in their order (no shuffle). Without a ``user_id`` column there are no
+    per-user checks and no users to keep together (the data set fails the column check), so each part is a bucket.
+    """
+    if n == 1:
+        yield iter([(0, _concat(source.parts))])
+    elif "user_id" not in source.columns:
+        yield ((b, _read_table(p)) for b, p in enumerate(source.parts))
+    else:
+        _same_schema(source.parts)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=".validate-buckets-") as tmp:
+            try:
+                written = shuffle_by_user(source.parts, Path(tmp), n)
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(source.parts[0].parent, f"cannot shuffle into user buckets: {exc}") from None
+            yield ((int(p.stem.split("-")[1]), pq.read_table(p)) for p in written)
+
+
+def _same_schema(parts: list[Path]) -> None:
+    """Parts to shuffle must agree on columns and types (a bucket file takes rows of every part)."""
+    first = pq.read_schema(parts[0]).remove_metadata()
+    for path in parts[1:]:
+        schema = pq.read_schema(path).remove_metadata()
+        if not schema.equals(first):
+            differ = sorted(set(schema.names) ^ set(first.names)) or [
+                f.name for f in schema if first.field(f.name).type != f.type
+            ]
+            raise DataError(path, f"columns differ from {parts[0].name}: {', '.join(differ) or 'their order'}")
+
+
+def _concat(parts: list[Path]) -> pa.Table:
+    """All parts as one table; a column missing from some parts is null there (as pandas' concat would do)."""
+    tables = [_read_table(p) for p in parts]
     try:
-        return pq.read_table(path).to_pandas()
+        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as exc:
+        raise DataError(parts[0].parent, f"parts with conflicting column types: {exc}") from None
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(path, f"unreadable parquet: {exc}") from None
 
 
-def _catalogue(items: Path | None) -> list[str] | None:
-    """The catalogue's item ids, or None when the data set has no catalogue (the check is then skipped)."""
+def _catalogue(items: Path | None) -> pa.Array | None:
+    """The catalogue's distinct item ids as strings, or None without a catalogue (the check is then skipped)."""
     if items is None:
         return None
     try:
-        ids = pq.read_table(items, columns=["item_id"]).column("item_id").to_pylist()
+        ids = pq.read_table(items, columns=["item_id"]).column("item_id")
+        return pc.unique(pc.drop_null(pc.cast(ids, pa.string())))
     except (OSError, pa.ArrowException, KeyError) as exc:
         raise DataError(items, f"cannot read the item_id column: {exc}") from None
-    return sorted({str(i) for i in ids if i is not None})
 
 
 def _window(manifest: Manifest, params: ValidateParams) -> Window:
@@ -141,13 +254,6 @@ def _utc(value: str | None) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _fingerprint(events: pd.DataFrame) -> str:
-    """A content hash of the events, so a re-run of the same data is recognised whatever the file layout."""
-    digest = hashlib.sha256(",".join(map(str, events.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _previous_rows(history_path: Path, fingerprint: str) -> int | None:
     """Row count of the last validated version, or None if there is none or it is this very data."""
     if not history_path.exists():
@@ -163,13 +269,21 @@ def _previous_rows(history_path: Path, fingerprint: str) -> int | None:
     return None if last.get("fingerprint") == fingerprint else int(last["rows"])
 
 
-def _with_derived_columns(events: pd.DataFrame, catalogue: list[str] | None) -> pd.DataFrame:
-    """The frame GX sees: the events plus, per row, how many events its user has and whether its item is known."""
+def _with_derived_columns(events: pd.DataFrame, table: pa.Table, catalogue: pa.Array | None) -> pd.DataFrame:
+    """The frame GX sees: the events plus, per row, how many events its user has (in the bucket, which holds the
+    user's every event) and whether its item is in the catalogue (Arrow's hash lookup: 1.3 s for 2M rows against
+    4M items, where pandas' ``isin`` takes 23 s)."""
     derived = {}
     if "user_id" in events.columns:
         derived[USER_EVENTS] = events.groupby("user_id", dropna=False)["user_id"].transform("size").astype("int64")
     if catalogue is not None and "item_id" in events.columns:
-        derived[IN_CATALOGUE] = events["item_id"].isin(catalogue)
+        items = table.column("item_id")
+        known = (
+            pc.is_in(pc.cast(items, pa.string()), value_set=catalogue).to_numpy(zero_copy_only=False)
+            if pa.types.is_string(items.type) or pa.types.is_large_string(items.type)
+            else np.zeros(len(events), dtype=bool)  # ids of another type are never catalogue strings
+        )
+        derived[IN_CATALOGUE] = pd.Series(known, index=events.index)
     return events.assign(**derived)
 
 
@@ -188,9 +302,8 @@ def _reasons(events: pd.DataFrame, results: list[CheckResult]) -> dict[int, list
     return dict(sorted(reasons.items()))
 
 
-def _judge(params: ValidateParams, results: list[CheckResult], reasons: dict[int, list[str]], rows: int) -> _Verdict:
+def _judge(params: ValidateParams, results: list[CheckResult], bad_rows: int, rows: int) -> _Verdict:
     """Apply the policy: ``fail`` rejects any failure, ``quarantine`` table-level ones or too many bad rows."""
-    bad_rows = len(reasons)
     bad_fraction = bad_rows / rows if rows else 0.0
     failed = [r for r in results if not r.success]
     if params.policy == "fail":
@@ -205,32 +318,77 @@ def _judge(params: ValidateParams, results: list[CheckResult], reasons: dict[int
     return _Verdict(not fatal, bad_rows, bad_fraction, fatal)
 
 
-def _write_quarantine(report_dir: Path, events: pd.DataFrame, reasons: dict[int, list[str]], policy: str) -> int:
-    """Under ``quarantine``, write the flagged rows with a ``reason`` column; otherwise drop a stale file."""
-    path = report_dir / "quarantine.parquet"
+class _QuarantineFile:
+    """Flagged rows with a ``reason`` column, appended bucket by bucket (one row group each) to one file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path, self._writer = path, None
+
+    def add(self, table: pa.Table, reasons: dict[int, list[str]]) -> None:
+        if self._path is None:
+            return
+        bad = table.take(pa.array(list(reasons), pa.int64()))
+        bad = bad.append_column("reason", pa.array(["; ".join(r) for r in reasons.values()], pa.string()))
+        if self._writer is None:  # opened on the first bucket, so a file with no bad rows still has the columns
+            self._writer = pq.ParquetWriter(self._path, bad.schema)
+        self._writer.write_table(bad)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+@contextmanager
+def _quarantine(path: Path, policy: str) -> Iterator[_QuarantineFile]:
+    """Under ``quarantine``, the file replaced atomically when the buckets are done; otherwise a stale one goes."""
     if policy != "quarantine":
         path.unlink(missing_ok=True)
-        return 0
-    bad = events.loc[list(reasons)].assign(reason=["; ".join(r) for r in reasons.values()])
+        yield _QuarantineFile(None)
+        return
     with atomic_file(path) as tmp:
-        pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), tmp)
-    return len(bad)
+        quarantine = _QuarantineFile(tmp)
+        try:
+            yield quarantine
+        finally:
+            quarantine.close()
+
+
+def _may_pass(result: CheckResult, policy: str) -> bool:
+    """Whether a bucket's result leaves the data set a chance: it passed, its failing rows are quarantined, or the
+    check allows a share of failures (``mostly``) that the totals may still meet. Any other failure rejects the
+    data set whatever the other buckets hold (totals of such checks pass only if every bucket passes)."""
+    quarantined = policy == "quarantine" and result.check.row_level and not result.error
+    return result.success or quarantined or (not result.error and result.check.mostly < 1)
+
+
+def _write_part(path: Path, good: pd.DataFrame, out: _Output) -> None:
+    """One bucket's good rows as a canonical part (none if it kept no rows); counted for the manifest."""
+    if good.empty:
+        return
+    table = _canonical_table(good)
+    pq.write_table(table, path)
+    items = pc.unique(table.column("item_id"))
+    out.items = items if out.items is None else pc.unique(pa.concat_arrays([out.items, items]))
+    out.good_rows += len(good)
+    out.users += int(good["user_id"].nunique())
 
 
 def _summary(
     params: ValidateParams,
-    data: _Dataset,
     window: Window,
     results: list[CheckResult],
     verdict: _Verdict,
     quarantined: int,
     fingerprint: str,
     prev_rows: int | None,
+    rows: int,
+    partitions: int,
 ) -> dict[str, Any]:
     return {
         "success": verdict.success,
         "policy": params.policy,
-        "rows": len(data.events),
+        "rows": rows,
+        "partitions": partitions,
         "bad_rows": verdict.bad_rows,
         "bad_fraction": verdict.bad_fraction,
         "max_bad_fraction": params.max_bad_fraction,
@@ -248,24 +406,20 @@ def _iso(ts: pd.Timestamp | None) -> str | None:
     return None if ts is None else ts.isoformat()
 
 
-def _write_dataset(out_dir: Path, events: pd.DataFrame, data: _Dataset, window: Window, quarantined: int) -> None:
-    """Write the validated rows as a canonical data set, manifest last, swapped in atomically."""
-    manifest = Manifest(
-        source=data.manifest.source,
-        rows=len(events),
-        users=int(events["user_id"].nunique()),
-        items=int(events["item_id"].nunique()),
-        catalog_items=data.manifest.catalog_items,
+def _finish_dataset(tmp: Path, source: _Source, window: Window, out: _Output, quarantined: int, n: int) -> None:
+    """Complete the validated data set beside its parts: the catalogue, then the manifest (last)."""
+    if source.items is not None:
+        shutil.copy2(source.items, items_path(tmp))
+    Manifest(
+        source=source.manifest.source,
+        rows=out.good_rows,
+        users=out.users,
+        items=0 if out.items is None else len(out.items),
+        catalog_items=source.manifest.catalog_items,
         window_start=_iso(window.start),
         window_end=_iso(window.end),
-        extra=data.manifest.extra | {"quarantined": quarantined},
-    )
-    with atomic_dir(out_dir) as tmp:
-        events_dir(tmp).mkdir()
-        pq.write_table(_canonical_table(events), events_dir(tmp) / "part-00000.parquet")
-        if data.items is not None:
-            shutil.copy2(data.items, items_path(tmp))
-        manifest.write(tmp)
+        extra=source.manifest.extra | {"quarantined": quarantined, "partitions": n, "partitioned_by": PARTITIONED_BY},
+    ).write(tmp)
 
 
 def _canonical_table(events: pd.DataFrame) -> pa.Table:
