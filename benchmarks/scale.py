@@ -3,7 +3,8 @@
 ``python -m benchmarks.scale --events 10000000 --out outputs/bench-scale-10000000`` (``make bench-scale``):
 
 1. writes a Tianchi UserBehavior CSV (``user,item,category,pv|cart|fav|buy,unix seconds``) from the embedded
-   generator, sized to ``--events`` with Taobao-like ratios (40 events per user, one item per 40 events);
+   generator, sized to ``--events`` at the real Taobao log's proportions (``generate.taobao_proportions``: 101
+   events per user, a distinct item per 24 events, a leaf category per 441 items, the 9-day window);
 2. writes ``OUT/params.yaml``, the scale profile (``PROFILE``), and runs ingest, validate, split, features,
    train, evaluate, gate and batch-recommend as separate ``shoprec`` processes, each measured on its own (wall
    time, and peak RSS from ``os.wait4``, which reports exactly that child's resource usage);
@@ -38,13 +39,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines.core.config import SyntheticParams
-from pipelines.data.ingest import TAOBAO_WINDOW
+from pipelines.data.generate import taobao_proportions
 from pipelines.data.schema import EVENT_TYPES, events_dir
 
 STAGES = ("ingest", "validate", "split", "features", "train", "evaluate", "gate", "batch-recommend")
-EVENTS_PER_USER = 40  # the real Taobao log: 100M events of ~1M users
-EVENTS_PER_ITEM = 40  # real: ~4M items; fewer here keeps the full-ranking baseline's dense scores bounded
-ITEMS_PER_CATEGORY = 440  # real: ~9.4k leaf categories for ~4M items
 TAOBAO_BEHAVIOUR = pa.array(["pv", "cart", "fav", "buy"])  # in the order of EVENT_TYPES
 MARK_START, MARK_END = "<!-- scale-benchmark:start -->", "<!-- scale-benchmark:end -->"
 PROJECT_EVENTS = 100_000_000
@@ -67,11 +65,8 @@ PROFILE: dict[str, dict[str, Any]] = {
 
 
 def synthetic_params(events: int, seed: int = 7) -> SyntheticParams:
-    """Generator parameters for about ``events`` events over the Taobao window (9 days from its UTC start)."""
-    items = max(2_000, events // EVENTS_PER_ITEM)
-    return SyntheticParams(users=max(10, events // EVENTS_PER_USER), items=items,
-                           categories=max(30, items // ITEMS_PER_CATEGORY), events_per_user=EVENTS_PER_USER,
-                           days=9, start=TAOBAO_WINDOW[0], seed=seed)
+    """Generator parameters for about ``events`` events at the real Taobao log's proportions, over its window."""
+    return taobao_proportions(events, seed=seed)
 
 
 def write_taobao_csv(params: SyntheticParams, out_csv: Path) -> int:
@@ -82,7 +77,7 @@ def write_taobao_csv(params: SyntheticParams, out_csv: Path) -> int:
     shutil.rmtree(parquet_dir, ignore_errors=True)
     generate(parquet_dir, params)
     rows = 0
-    options = pacsv.WriteOptions(include_header=False)
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")  # as the real log: no quotes
     schema = pa.schema([(name, pa.string()) for name in ("user", "item", "category", "behaviour")]
                        + [("timestamp", pa.int64())])
     with pacsv.CSVWriter(out_csv, schema, write_options=options) as writer:
@@ -240,10 +235,11 @@ def projection(results: list[dict[str, Any]], events: int = PROJECT_EVENTS) -> d
     parallel = stages["features"]["seconds"] + ranker_s
     serial = sum(s["seconds"] for s in stages.values()) - parallel
     # without the sample (max_ranker_users: null) ranker work grows with the validation users, ~1 per user
-    all_users_ranker_s = ranker_s * (events / EVENTS_PER_USER) / PROFILE["train"]["max_ranker_users"]
+    users = synthetic_params(events).users
+    all_users_ranker_s = ranker_s * users / PROFILE["train"]["max_ranker_users"]
     return {"events": events, "sizes": [int(s) for s in sizes], "stages": stages, "ranker_seconds": round(ranker_s),
             "parallel_seconds": round(parallel), "serial_seconds": round(serial),
-            "workers": {n: round(serial + parallel / n) for n in PROJECT_WORKERS},
+            "workers": {n: round(serial + parallel / n) for n in PROJECT_WORKERS}, "users": users,
             "all_users_ranker_seconds": round(all_users_ranker_s)}
 
 
@@ -262,8 +258,9 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         command,
         "```",
         "",
-        "Each size: the generator writes a Taobao UserBehavior CSV (40 events per user, one catalogue item per 40",
-        "events, one leaf category per 440 items, the 9 days of the Taobao window); then every stage runs as its",
+        "Each size: the generator writes a Taobao UserBehavior CSV at the real log's proportions (101 events per",
+        "user, a distinct item per 24 events, a leaf category per 441 items, the 9 days of the Taobao window;",
+        "`generate.taobao_proportions`; the items column below is the larger catalogue); then every stage runs as its",
         "own `shoprec STAGE --root OUT --params OUT/params.yaml` process. Wall time per process; peak RSS from",
         "`os.wait4` (that process alone). Profile applied to `params.yaml` (`benchmarks/scale.py`, `PROFILE`):",
         "",
@@ -324,7 +321,7 @@ def _render_projection(p: dict[str, Any], machine_gb: float) -> list[str]:
         flag = " (over this machine's RAM)" if s["peak_gb"] > machine_gb else ""
         lines.append(f"| {stage} | {s['exponent']} | {s['seconds']:,} | {s['peak_gb']}{flag} |")
     workers = " | ".join(f"{n} worker{'s' if n > 1 else ''}: {secs / 60:,.0f} min" for n, secs in p["workers"].items())
-    users = p["events"] // EVENTS_PER_USER
+    users = p["users"]
     lines += [
         "",
         f"On N Dask workers (Amdahl): the features stage and the GBDT ranker fits ({p['parallel_seconds'] / 60:,.0f} "

@@ -38,6 +38,9 @@ class SyntheticParams(_Section):
     # lognormal spread of how many users take a leaf category as an interest, on top of its size; the real
     # Taobao log's category popularity is far more skewed (``generate.taobao_proportions`` sets it)
     category_popularity_sigma: float = Field(0.5, ge=0)
+    # true: leaves get evenly spaced quantiles of that lognormal (in random order) instead of independent draws,
+    # so a log with few categories already has the spread's shape
+    category_popularity_quantiles: bool = False
 
 
 class ValidateParams(_Section):

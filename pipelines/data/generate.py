@@ -14,7 +14,9 @@ sequential model beats popularity. So the generator plants what recommenders are
 * sessions of a few minutes with an evening-peaked time-of-day profile, hours or days apart.
 
 Scale: users are simulated a chunk at a time (one Parquet part per chunk), vectorised over the chunk's users
-with a loop over event positions only, so memory is bounded by the chunk and 10M events take seconds.
+with a loop over event positions only, so memory is bounded by the chunk and the world (catalogue, successor
+graph: arrays linear in the items); 10M events take seconds. ``taobao_proportions(events)`` sizes a data set at
+the real Taobao log's proportions (101 events per user, a distinct item per 24 events, its category skew).
 
 Determinism: every random number is drawn per block of ``_RNG_BLOCK`` users from a stream keyed by
 ``(seed, block)``, so the events depend on the parameters only; ``users_per_chunk`` changes the file split
@@ -33,10 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy.special import ndtri
 
 from pipelines.core.atomic import atomic_dir
 from pipelines.core.config import SyntheticParams
 from pipelines.core.errors import ShoprecError
+from pipelines.data.ingest.adapters import TAOBAO_WINDOW
 from pipelines.data.schema import EVENT_TYPES, EVENTS_SCHEMA, ITEMS_SCHEMA, Manifest, events_dir, items_path
 
 _RNG_BLOCK = 64  # users per random stream; the unit of determinism
@@ -48,6 +52,17 @@ _SUCCESSOR_FLATTEN = 0.7  # successors are drawn by popularity**this: related it
 _SUCCESSOR_WEIGHTS = np.array([0.36, 0.26, 0.18, 0.12, 0.08])  # walk probability of successor slot 1..5
 _SUCCESSOR_SAME_LEAF = 0.8  # else a successor comes from the parent category (complements)
 _ITEMS_PER_BRAND = 25
+_SUCCESSOR_BLOCK = 1 << 19  # items whose successor slots are drawn together (bounds the temporaries)
+
+# --- the real Taobao UserBehavior log (Tianchi dataset 649), whose proportions ``taobao_proportions`` keeps
+TAOBAO_EVENTS, TAOBAO_USERS, TAOBAO_ITEMS, TAOBAO_CATEGORIES, TAOBAO_DAYS = 100_150_807, 987_994, 4_162_024, 9_439, 9
+# Spread of leaf-category popularity, fitted to the real 114-user sample: 200 of its items are touched by 2+ of its
+# users; 114-user groups of the full-size world touch 167 and 176 (world seeds 7 and 8; +-27 between groups;
+# 0.5 gives ~50).
+_TAOBAO_CATEGORY_SIGMA = 2.1
+# Catalogue items per item the log touches (Zipf tails stay untouched): distinct items come out at 1.005, 0.96,
+# 1.00 and 1.02 x events / 24 at 200k, 1M, 10M and 100M events (seed 7).
+_CATALOGUE_PER_TOUCHED = 1.45
 
 # --- behaviour
 _USER_ACTIVITY_SHAPE = 1.2  # gamma shape of events per user (real Taobao sample: CV ~0.9)
@@ -96,12 +111,29 @@ class _GroupSampler:
     def sample(self, groups: np.ndarray, u: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """One member per entry of ``groups`` (``u`` uniform in [0, 1)); avoids ``exclude`` if the group allows."""
         last = self.start[groups] + self.size[groups] - 1
-        pos = np.minimum(np.searchsorted(self.cum, groups + u, side="right"), last)
+        pos = np.minimum(_sorted_search(self.cum, groups + u), last)
         if exclude is not None:
             clash = self.members[pos] == exclude
             first = self.start[groups[clash]]
             pos[clash] = first + (pos[clash] - first + 1) % self.size[groups[clash]]
         return self.members[pos]
+
+
+_SORT_KEYS_ABOVE = 1 << 16
+
+
+def _sorted_search(cum: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(cum, keys, side="right")``; many keys are looked up in sorted order.
+
+    Random keys into a large ``cum`` miss the cache on every probe (20M keys into 4M weights: 80 s); numpy
+    narrows each search from the previous key when keys ascend, so sorting first costs ~2 s. Same result.
+    """
+    if len(keys) <= _SORT_KEYS_ABOVE:
+        return np.searchsorted(cum, keys, side="right")
+    order = np.argsort(keys)
+    pos = np.empty(len(keys), np.int64)
+    pos[order] = np.searchsorted(cum, keys[order], side="right")
+    return pos
 
 
 @dataclass(frozen=True)
@@ -181,6 +213,29 @@ def generate(
     return manifest
 
 
+def taobao_proportions(events: int, seed: int = 7) -> SyntheticParams:
+    """Parameters for about ``events`` events at the real Taobao UserBehavior log's proportions.
+
+    Users, touched items and leaf categories scale with the events as in the real log (101 events per user, one
+    touched item per 24 events, one category per 441 touched items), over its 9-day window. The real log counts
+    only items that were touched, so the catalogue is larger by ``_CATALOGUE_PER_TOUCHED`` (Zipf leaves never
+    touch their tail items) and the *distinct items in the events* come out at about ``events / 24``. Category
+    popularity has the real log's skew (``_TAOBAO_CATEGORY_SIGMA``).
+    """
+    touched = events * TAOBAO_ITEMS / TAOBAO_EVENTS
+    return SyntheticParams(
+        users=max(10, round(events * TAOBAO_USERS / TAOBAO_EVENTS)),
+        items=max(20, round(touched * _CATALOGUE_PER_TOUCHED)),
+        categories=max(2, round(touched * TAOBAO_CATEGORIES / TAOBAO_ITEMS)),
+        events_per_user=TAOBAO_EVENTS / TAOBAO_USERS,
+        days=TAOBAO_DAYS,
+        start=TAOBAO_WINDOW[0],
+        seed=seed,
+        category_popularity_sigma=_TAOBAO_CATEGORY_SIGMA,
+        category_popularity_quantiles=True,
+    )
+
+
 def _parse_start(start: str) -> datetime:
     """The window start; a timestamp without offset is taken as UTC."""
     try:
@@ -228,16 +283,33 @@ def _build_world(params: SyntheticParams) -> _World:
     popularity = 1.0 / (rank + 1.0) ** _ZIPF_EXPONENT
     leaf_items = np.bincount(cat.leaf_of_item, minlength=n_leaves)
     successors, successor_cum = _successor_graph(rng, cat, popularity)
+    leaf_likes = leaf_items * _leaf_popularity(rng, n_leaves, params)
     return _World(
         catalogue=cat,
         item_ids=_names("i", np.arange(params.items)),
         item_categories=_names("c", cat.leaf_of_item),
         popular=_GroupSampler.build(cat.leaf_of_item, popularity, n_leaves),
-        interests=_GroupSampler.build(np.zeros(n_leaves, np.int64), leaf_items * rng.lognormal(0.0, 0.5, n_leaves), 1),
+        interests=_GroupSampler.build(np.zeros(n_leaves, np.int64), leaf_likes, 1),
         siblings=_GroupSampler.build(cat.parent_of_leaf, np.ones(n_leaves), int(cat.parent_of_leaf.max()) + 1),
         successors=successors,
         successor_cum=successor_cum,
     )
+
+
+def _leaf_popularity(rng: np.random.Generator, n_leaves: int, params: SyntheticParams) -> np.ndarray:
+    """Lognormal factor of how many users take each leaf as an interest.
+
+    Independent draws by default. With ``category_popularity_quantiles`` the leaves get the distribution's evenly
+    spaced quantiles instead, in the random order of the same draws: with the Taobao spread (sigma 2) a few
+    hundred independent draws are dominated by their largest, so a small log's share of touched items would
+    swing with the seed (0.75-1.08 x the target at 200k-500k events; 0.91-1.02 with quantiles).
+    """
+    draws = rng.lognormal(0.0, params.category_popularity_sigma, n_leaves)
+    if not params.category_popularity_quantiles:
+        return draws
+    rank = np.empty(n_leaves, np.int64)
+    rank[np.argsort(draws, kind="stable")] = np.arange(n_leaves)
+    return np.exp(params.category_popularity_sigma * ndtri((rank + 0.5) / n_leaves))
 
 
 def _catalogue(rng: np.random.Generator, n_items: int, n_leaves: int) -> _Catalogue:
@@ -273,21 +345,36 @@ def _rank_within(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def _successor_graph(
     rng: np.random.Generator, cat: _Catalogue, popularity: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """3-5 successors per item, mostly from its leaf, else from its parent category; walk probabilities."""
+    """3-5 successors per item, mostly from its leaf, else from its parent category; walk probabilities.
+
+    Slots are drawn for a block of items at a time, so the temporaries stay small at millions of items.
+    """
     n_items, slots = len(cat.leaf_of_item), len(_SUCCESSOR_WEIGHTS)
     weight = popularity**_SUCCESSOR_FLATTEN
-    leaf = np.repeat(cat.leaf_of_item, slots)
-    parent = cat.parent_of_leaf[leaf]
-    source = np.repeat(np.arange(n_items), slots)
     u_scope, u_pick = rng.random((2, n_items * slots))
     by_leaf = _GroupSampler.build(cat.leaf_of_item, weight, len(cat.parent_of_leaf))
-    by_parent = _GroupSampler.build(cat.parent_of_leaf[cat.leaf_of_item], weight, int(parent.max()) + 1)
-    anywhere = _GroupSampler.build(np.zeros(n_items, np.int64), weight, 1)
-    successor = anywhere.sample(np.zeros_like(source), u_pick, exclude=source)
-    in_parent = by_parent.size[parent] > 1
-    successor[in_parent] = by_parent.sample(parent[in_parent], u_pick[in_parent], exclude=source[in_parent])
-    in_leaf = (u_scope < _SUCCESSOR_SAME_LEAF) & (by_leaf.size[leaf] > 1)
-    successor[in_leaf] = by_leaf.sample(leaf[in_leaf], u_pick[in_leaf], exclude=source[in_leaf])
+    by_parent = _GroupSampler.build(cat.parent_of_leaf[cat.leaf_of_item], weight, int(cat.parent_of_leaf.max()) + 1)
+    anywhere: _GroupSampler | None = None
+    successor = np.empty(n_items * slots, np.int64)
+    for lo in range(0, n_items, _SUCCESSOR_BLOCK):
+        hi = min(lo + _SUCCESSOR_BLOCK, n_items)
+        span = slice(lo * slots, hi * slots)
+        source = np.repeat(np.arange(lo, hi), slots)
+        leaf = np.repeat(cat.leaf_of_item[lo:hi], slots)
+        parent = cat.parent_of_leaf[leaf]
+        pick, out = u_pick[span], successor[span]
+        # each slot is drawn by the narrowest scope that has another item: its leaf (most slots), else its
+        # parent category, else anywhere
+        in_leaf = (u_scope[span] < _SUCCESSOR_SAME_LEAF) & (by_leaf.size[leaf] > 1)
+        in_parent = ~in_leaf & (by_parent.size[parent] > 1)
+        elsewhere = ~in_leaf & ~in_parent
+        out[in_leaf] = by_leaf.sample(leaf[in_leaf], pick[in_leaf], exclude=source[in_leaf])
+        out[in_parent] = by_parent.sample(parent[in_parent], pick[in_parent], exclude=source[in_parent])
+        if elsewhere.any():
+            if anywhere is None:
+                anywhere = _GroupSampler.build(np.zeros(n_items, np.int64), weight, 1)
+            groups = np.zeros(int(elsewhere.sum()), np.int64)
+            out[elsewhere] = anywhere.sample(groups, pick[elsewhere], exclude=source[elsewhere])
     n_successors = rng.integers(3, slots + 1, n_items)
     walk = np.where(np.arange(slots) < n_successors[:, None], _SUCCESSOR_WEIGHTS, 0.0)
     cum = np.cumsum(walk, axis=1) / walk.sum(axis=1, keepdims=True)

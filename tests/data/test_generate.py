@@ -185,3 +185,74 @@ def _next_new_item_hit_rates(events: pd.DataFrame, k: int) -> tuple[float, float
         truth = df.item_id[row]
         hits += [truth in fresh[:k], truth in (by_transition + fresh)[:k]]
     return hits[0] / len(target), hits[1] / len(target)
+
+
+# --------------------------------------------------------------------------------- the real Taobao proportions
+
+# The full UserBehavior log (Tianchi 649): events by behaviour, pv / cart / fav / buy (sum 100,150,807).
+TAOBAO_MIX = {"view": 89_716_264, "cart": 5_530_446, "fav": 2_888_258, "purchase": 2_015_839}
+SMALL_TAOBAO = 200_000
+
+
+@pytest.fixture(scope="module")
+def taobao_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticParams, pd.DataFrame]:
+    params = gen.taobao_proportions(SMALL_TAOBAO)
+    out = tmp_path_factory.mktemp("taobao") / "synthetic"
+    gen.generate(out, params, users_per_chunk=512)
+    columns = ["user_id", "item_id", "event_type", "category_id"]
+    return params, pq.read_table(events_dir(out), columns=columns).to_pandas()
+
+
+def test_taobao_proportions_scale_the_real_log() -> None:
+    full = gen.taobao_proportions(gen.TAOBAO_EVENTS)
+    assert (full.users, full.categories, full.days) == (987_994, 9_439, 9)
+    assert full.events_per_user == pytest.approx(101.37, abs=0.01)
+    assert full.items > gen.TAOBAO_ITEMS  # the catalogue holds items no one touches; the log counts touched ones
+    assert full.start == "2017-11-24T16:00:00+00:00"  # midnight in China, where the log's days begin
+    tiny = gen.taobao_proportions(100)  # floors keep the parameters valid
+    assert (tiny.users, tiny.items, tiny.categories) == (10, 20, 2)
+    assert gen.taobao_proportions(10_000, seed=3).seed == 3
+
+
+def test_generated_log_has_the_real_proportions(taobao_small: tuple[SyntheticParams, pd.DataFrame]) -> None:
+    params, events = taobao_small
+    per_user = len(events) / events.user_id.nunique()
+    assert per_user == pytest.approx(gen.TAOBAO_EVENTS / gen.TAOBAO_USERS, rel=0.1)  # measured 99.2
+    touched = events.item_id.nunique()
+    assert touched == pytest.approx(len(events) * gen.TAOBAO_ITEMS / gen.TAOBAO_EVENTS, rel=0.25)  # measured 1.005x
+    assert events.category_id.nunique() == params.categories  # every leaf category is touched
+    assert params.categories == pytest.approx(touched * gen.TAOBAO_CATEGORIES / gen.TAOBAO_ITEMS, rel=0.25)
+    mix = events.event_type.value_counts(normalize=True)
+    total = sum(TAOBAO_MIX.values())
+    for kind, count in TAOBAO_MIX.items():
+        assert mix[kind] == pytest.approx(count / total, abs=0.005), kind
+
+
+def test_taobao_popularity_has_a_head_and_a_long_tail(taobao_small: tuple[SyntheticParams, pd.DataFrame]) -> None:
+    counts = taobao_small[1].item_id.value_counts()
+    assert 0.15 < (counts == 1).mean() < 0.3  # items touched once; measured 0.19 at 200k, 0.20 at 10M and 100M
+    top = counts.iloc[: len(counts) // 100].sum() / counts.sum()  # top 1% of items: 0.35 at 200k, 0.38 at 100M
+    assert top > 0.3
+
+
+def test_taobao_proportions_are_deterministic(tmp_path: Path) -> None:
+    params = gen.taobao_proportions(20_000)
+    gen.generate(tmp_path / "a", params, users_per_chunk=64)
+    gen.generate(tmp_path / "b", params)
+    assert pq.read_table(events_dir(tmp_path / "a")).equals(pq.read_table(events_dir(tmp_path / "b")))
+
+
+def test_sorted_lookup_equals_searchsorted() -> None:
+    rng = np.random.default_rng(0)
+    cum = np.cumsum(rng.random(10_000))
+    keys = rng.random(3 * gen._SORT_KEYS_ABOVE) * cum[-1]
+    keys[:100] = cum[:100]  # ties go right, as searchsorted(side="right")
+    assert (gen._sorted_search(cum, keys) == np.searchsorted(cum, keys, side="right")).all()
+
+
+def test_successor_graph_does_not_depend_on_its_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SyntheticParams(users=10, items=3_000, categories=40)
+    whole = gen._build_world(params)
+    monkeypatch.setattr(gen, "_SUCCESSOR_BLOCK", 7)
+    blocked = gen._build_world(params)
+    assert (whole.successors == blocked.successors).all() and (whole.successor_cum == blocked.successor_cum).all()

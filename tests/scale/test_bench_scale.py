@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import scale as bench_scale
 from pipelines.data.events_io import read_events
-from pipelines.data.generate import generate
+from pipelines.data.generate import generate, taobao_proportions
 from pipelines.data.ingest import ingest
 
 
@@ -31,6 +31,13 @@ def test_taobao_csv_ingests_back_to_the_generated_events(tmp_path: Path) -> None
     assert (via_csv["ts"] == direct["ts"].dt.floor("s")).all()
     start, end = (pd.Timestamp(t) for t in (manifest.window_start, manifest.window_end))
     assert via_csv["ts"].between(start, end, inclusive="left").all()  # inside the Taobao window: validates
+
+
+def test_benchmark_sizes_the_generator_at_the_real_taobao_proportions() -> None:
+    assert bench_scale.synthetic_params(10_000_000, seed=3) == taobao_proportions(10_000_000, seed=3)
+    full = bench_scale.synthetic_params(100_150_807)  # the real log's size
+    assert (full.users, full.categories, full.days) == (987_994, 9_439, 9)
+    assert not any(hasattr(bench_scale, name) for name in ("EVENTS_PER_USER", "EVENTS_PER_ITEM", "ITEMS_PER_CATEGORY"))
 
 
 def test_profile_keeps_base_params_and_applies_the_overrides(tmp_path: Path) -> None:
@@ -65,7 +72,8 @@ def test_projection_is_amdahl_over_the_parallel_part() -> None:
     assert p["stages"]["train"]["exponent"] == pytest.approx(1.0)
     ranker_mean = np.mean([10.0, 30.0])  # fake fits: 1e-5 * events at 1M and 3M, taken as constant
     assert p["parallel_seconds"] == round(p["stages"]["features"]["seconds"] + ranker_mean)
-    assert p["all_users_ranker_seconds"] == round(ranker_mean * 100_000_000 / 40 / 20_000)
+    users = bench_scale.synthetic_params(100_000_000).users  # the real log's proportions: ~986k users
+    assert p["users"] == users and p["all_users_ranker_seconds"] == round(ranker_mean * users / 20_000)
     assert p["workers"][1] == p["serial_seconds"] + p["parallel_seconds"]
     assert np.diff(list(p["workers"].values())).max() < 0  # more workers, less time
 
