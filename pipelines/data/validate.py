@@ -44,6 +44,7 @@ from pipelines.data.expectations import (
     DUPLICATE_KEY,
     IN_CATALOGUE,
     USER_EVENTS,
+    Check,
     CheckResult,
     Suite,
     Totals,
@@ -111,51 +112,67 @@ def validate(
     report_dir = Path(reports_dir) / "validation"
     summary_path, docs_path = report_dir / "summary.json", report_dir / "data_docs"
     history_path = report_dir / "history.jsonl"
+    last = _last_entry(history_path)  # a broken history fails before any report is replaced
     window = _window(source.manifest, params)
     catalogue = _catalogue(source.items)
     checks = build_checks(source.columns, window, catalogue is not None, params)
     n = partition_count(source.rows)
-    totals, out = Totals(checks), _Output()
-    fingerprint = hashlib.sha256(",".join(source.columns).encode())
     with atomic_dir(out_dir) as tmp_out:
         events_dir(tmp_out).mkdir()
-        with (
-            atomic_dir(docs_path) as tmp_docs,
-            _quarantine(report_dir / "quarantine.parquet", params.policy) as quarantine,
-            _buckets(source, n, out_dir.parent) as buckets,
-        ):
-            suite = Suite(checks, tmp_docs)
-            for bucket, table in buckets:
-                started = time.perf_counter()
-                events = table.to_pandas()
-                fingerprint.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
-                results = suite.run(_with_derived_columns(events, table, catalogue), docs=out.rows == 0)
-                reasons = _reasons(events, results)
-                totals.add(results, out.rows)
-                quarantine.add(table, reasons)
-                out.writing = out.writing and all(_may_pass(r, params.policy) for r in results)
-                if out.writing:  # else the data set is rejected: no need to write, and its rows may not be canonical
-                    good = events.drop(index=list(reasons)) if params.policy == "quarantine" else events
-                    _write_part(events_dir(tmp_out) / part_name(bucket), good, out)
-                out.rows, out.bad_rows = out.rows + len(events), out.bad_rows + len(reasons)
-                log.info("validate bucket=%d/%d rows=%d bad=%d seconds=%.1f", bucket + 1, n, len(events),
-                         len(reasons), time.perf_counter() - started)
-
-        digest = fingerprint.hexdigest()
-        prev_rows = _previous_rows(history_path, digest)
-        results = totals.results()
+        with atomic_dir(docs_path) as tmp_docs, _quarantine(report_dir / "quarantine.parquet", params.policy) as q:
+            results, out, fingerprint = _validate_buckets(source, n, checks, catalogue, params, tmp_out, tmp_docs, q)
+        prev_rows = _rows_unless_same(last, fingerprint)
         if prev_rows is not None:
             results.append(judge_row_count(row_count_check(prev_rows, params), out.rows))
         verdict = _judge(params, results, out.bad_rows, out.rows)
         quarantined = out.bad_rows if params.policy == "quarantine" else 0
-        summary = _summary(params, window, results, verdict, quarantined, digest, prev_rows, out.rows, n)
+        summary = _summary(params, window, results, verdict, quarantined, fingerprint, prev_rows, out.rows, n)
         write_json(summary_path, summary | {"data_docs": str(docs_path / "index.html")})
         if not verdict.success:
             raise ValidationFailed(f"validation failed: {'; '.join(verdict.problems)}; see {summary_path}")
         _finish_dataset(tmp_out, source, window, out, quarantined, n)
-    _append_history(history_path, digest, out.rows, out.good_rows, dataset_dir)
+    _append_history(history_path, fingerprint, out.rows, out.good_rows, dataset_dir)
     failed = [r.check.label for r in results if not r.success]
     return ValidationReport(True, out.rows, verdict.bad_rows, failed, summary_path, docs_path)
+
+
+def _validate_buckets(
+    source: _Source,
+    n: int,
+    checks: list[Check],
+    catalogue: pa.Array | None,
+    params: ValidateParams,
+    tmp_out: Path,
+    tmp_docs: Path,
+    quarantine: _QuarantineFile,
+) -> tuple[list[CheckResult], _Output, str]:
+    """GX on each bucket in turn (Data Docs of the first): the checks' totals, the counts, the fingerprint.
+
+    Each bucket's good rows become its part in ``tmp_out`` and its bad rows go to ``quarantine``. The fingerprint
+    hashes the rows bucket by bucket in bucket order, so it does not depend on how the input is cut into parts
+    (for one bucket it is the hash of all rows, as before buckets).
+    """
+    totals, out = Totals(checks), _Output()
+    fingerprint = hashlib.sha256(",".join(source.columns).encode())
+    suite = Suite(checks, tmp_docs)
+    with _buckets(source, n, tmp_out.parent) as buckets:
+        for bucket, table in buckets:
+            started = time.perf_counter()
+            events = table.to_pandas()
+            fingerprint.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
+            results = suite.run(_with_derived_columns(events, table, catalogue), docs=out.rows == 0)
+            reasons = _reasons(events, results)
+            totals.add(results, out.rows)
+            quarantine.add(table, reasons)
+            out.writing = out.writing and all(_may_pass(r, params.policy) for r in results)
+            if out.writing:  # else the data set is rejected: no need to write, and its rows may not be canonical
+                good = events.drop(index=list(reasons)) if params.policy == "quarantine" else events
+                _write_part(events_dir(tmp_out) / part_name(bucket), good, out)
+            out.rows, out.bad_rows = out.rows + len(events), out.bad_rows + len(reasons)
+            seconds = time.perf_counter() - started
+            log.info("validate bucket=%d of %d rows=%d bad=%d seconds=%.1f", bucket, n, len(events), len(reasons),
+                     seconds)
+    return totals.results(), out, fingerprint.hexdigest()
 
 
 def _source(dataset_dir: Path) -> _Source:
@@ -191,23 +208,26 @@ def _buckets(source: _Source, n: int, scratch: Path) -> Iterator[Iterator[tuple[
     else:
         _same_schema(source.parts)
         with tempfile.TemporaryDirectory(dir=scratch, prefix=".validate-buckets-") as tmp:
+            started = time.perf_counter()
             try:
                 written = shuffle_by_user(source.parts, Path(tmp), n)
             except (OSError, pa.ArrowException) as exc:
                 raise DataError(source.parts[0].parent, f"cannot shuffle into user buckets: {exc}") from None
-            yield ((int(p.stem.split("-")[1]), pq.read_table(p)) for p in written)
+            seconds = time.perf_counter() - started
+            log.info("validate shuffled rows=%d into buckets=%d seconds=%.1f", source.rows, n, seconds)
+            names = {path.name for path in written}
+            yield ((b, pq.read_table(Path(tmp) / part_name(b))) for b in range(n) if part_name(b) in names)
 
 
 def _same_schema(parts: list[Path]) -> None:
     """Parts to shuffle must agree on columns and types (a bucket file takes rows of every part)."""
-    first = pq.read_schema(parts[0]).remove_metadata()
+    first = pq.read_schema(parts[0])
     for path in parts[1:]:
-        schema = pq.read_schema(path).remove_metadata()
-        if not schema.equals(first):
-            differ = sorted(set(schema.names) ^ set(first.names)) or [
-                f.name for f in schema if first.field(f.name).type != f.type
-            ]
-            raise DataError(path, f"columns differ from {parts[0].name}: {', '.join(differ) or 'their order'}")
+        schema = pq.read_schema(path)
+        if not schema.equals(first, check_metadata=False):
+            names = sorted(set(schema.names) ^ set(first.names))
+            fields = names or [f"{f} (not {first.field(f.name)})" for f in schema if f != first.field(f.name)]
+            raise DataError(path, f"columns differ from {parts[0].name}: {', '.join(fields) or 'their order'}")
 
 
 def _concat(parts: list[Path]) -> pa.Table:
@@ -256,6 +276,11 @@ def _utc(value: str | None) -> pd.Timestamp | None:
 
 def _previous_rows(history_path: Path, fingerprint: str) -> int | None:
     """Row count of the last validated version, or None if there is none or it is this very data."""
+    return _rows_unless_same(_last_entry(history_path), fingerprint)
+
+
+def _last_entry(history_path: Path) -> dict[str, Any] | None:
+    """The last line of the validation history, or None without one."""
     if not history_path.exists():
         return None
     lines = [(n, line) for n, line in enumerate(history_path.read_text().splitlines(), 1) if line.strip()]
@@ -263,10 +288,13 @@ def _previous_rows(history_path: Path, fingerprint: str) -> int | None:
         return None
     number, line = lines[-1]
     try:
-        last = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError:
         raise DataError(history_path, "not valid JSON", line=number) from None
-    return None if last.get("fingerprint") == fingerprint else int(last["rows"])
+
+
+def _rows_unless_same(last: dict[str, Any] | None, fingerprint: str) -> int | None:
+    return None if last is None or last.get("fingerprint") == fingerprint else int(last["rows"])
 
 
 def _with_derived_columns(events: pd.DataFrame, table: pa.Table, catalogue: pa.Array | None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.core.config import ValidateParams
-from pipelines.core.errors import ValidationFailed
+from pipelines.core.errors import DataError, ValidationFailed
 from pipelines.data import partitions
 from pipelines.data.partitions import bucket_of, part_name
 from pipelines.data.schema import Manifest
@@ -159,3 +159,15 @@ def test_fingerprint_and_row_count_over_buckets(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(ValidationFailed, match=r"expect_table_row_count_to_be_between: 120 rows, fewer than 143 "):
         run(tmp_path, "out", smaller, BUCKETS, monkeypatch, **QUARANTINE)
     assert summary(tmp_path, "out")["previous_rows"] == 286 and Manifest.read(tmp_path / "out").rows == 278
+
+
+def test_parts_to_shuffle_must_agree_on_columns(tmp_path: Path, monkeypatch) -> None:
+    events = messy_events()
+    data = write_dataset(tmp_path / "data", events, parts=2)
+    pq.write_table(pa.Table.from_pandas(events.iloc[:10].assign(extra=1), preserve_index=False),
+                   data / "events" / part_name(2))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match=r"part-00002\.parquet: columns differ from part-00000\.parquet: extra$"):
+        run(tmp_path, "out", data, BUCKETS, monkeypatch)
+    assert list((tmp_path / "out").iterdir()) == [] and not list((tmp_path / "out-reports").rglob("*.*"))
+    assert not list(tmp_path.glob(".*"))  # no scratch or half-written directory left beside out
