@@ -50,7 +50,7 @@ def _rank_part(models: dict[str, Recommender | Champion], vocab: Vocab, history:
     part = history.part(i)
     out = _PartLists({}, {}, {}, np.bincount(part.user, minlength=history.n_users),
                      np.bincount(part.item, minlength=history.n_items).astype(np.float64))
-    mine = users[(users >= part.user[0]) & (users <= part.user[-1])] if len(part) else users[:0]
+    mine = part.users_in(users)
     if not len(mine):
         return out
     for name, model in models.items():

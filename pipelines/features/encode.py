@@ -13,7 +13,6 @@ A :class:`Features` is the encoded events and targets of a set of whole users: o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +31,6 @@ from pipelines.features.ranking import item_categories, latest_categories
 
 ENCODED_EVENTS = ["user", "item", "event", "ts", "fold"]  # int32, int32, int8, int64 unix seconds, int8 FOLDS index
 ENCODED_TARGETS = ["user", "item", "event", "fold"]
-_NO_EVENTS = pd.DataFrame({c: np.zeros(0, dtype=np.int64) for c in ENCODED_EVENTS})
 
 
 @dataclass
@@ -58,9 +56,7 @@ class Features:
 
     def history(self, folds: tuple[str, ...]) -> Interactions:
         """Events of the given folds as model input; ("train",) for validation, ("train", "valid") for test."""
-        ev = self.events[self.events["fold"].isin([FOLDS.index(f) for f in folds])]
-        return Interactions(self.vocab, ev["user"].to_numpy(np.int32), ev["item"].to_numpy(np.int32),
-                            ev["event"].to_numpy(np.int8), ev["ts"].to_numpy(np.int64))
+        return _interactions(self.vocab, self.events[self.events["fold"].isin([FOLDS.index(f) for f in folds])])
 
     def histories(self, folds: tuple[str, ...]) -> PartedHistory:
         """``history(folds)`` as a history of one part (the shape ``FeatureStore.histories`` has)."""
@@ -68,13 +64,7 @@ class Features:
 
     def target_sets(self, fold: str, event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[np.ndarray, list[np.ndarray]]:
         """User codes with targets in ``fold`` and, per user, the target item codes."""
-        t = self.targets
-        t = t[(t["fold"] == FOLDS.index(fold)) & t["event"].isin([EVENT_TYPES.index(e) for e in event_types])]
-        users, items = t["user"].to_numpy(np.int64), t["item"].to_numpy(np.int64)
-        order = np.argsort(users, kind="stable")
-        users, items = users[order], items[order]
-        uniq, starts = np.unique(users, return_index=True)
-        return uniq, np.split(items, starts[1:])
+        return _target_sets(self.targets, fold, event_types)
 
 
 @dataclass
@@ -94,24 +84,19 @@ class FeatureStore:
                         pd.read_parquet(self.root / "targets" / name), self.items, self.category,
                         self.serving_category)
 
-    def iter_parts(self) -> Iterator[Features]:
-        return (self.part(name) for name in self.parts)
-
     def histories(self, folds: tuple[str, ...]) -> PartedHistory:
         """The events of ``folds`` as a history of the stored parts, each read when it is used."""
         codes = [FOLDS.index(f) for f in folds]
 
         def load(i: int) -> Interactions:
-            events = pd.read_parquet(self.root / "events" / self.parts[i], filters=[("fold", "in", codes)])
-            return Interactions(self.vocab, events["user"].to_numpy(np.int32), events["item"].to_numpy(np.int32),
-                                events["event"].to_numpy(np.int8), events["ts"].to_numpy(np.int64))
+            return _interactions(self.vocab, pd.read_parquet(self.root / "events" / self.parts[i],
+                                                             filters=[("fold", "in", codes)]))
 
         return PartedHistory(self.vocab, load, len(self.parts))
 
     def target_sets(self, fold: str, event_types: tuple[str, ...] = EVENT_TYPES) -> tuple[np.ndarray, list[np.ndarray]]:
         """``Features.target_sets`` over every part (user codes ascend part after part)."""
-        sets = [Features(self.vocab, _NO_EVENTS, pd.read_parquet(self.root / "targets" / name), None, self.category,
-                         self.serving_category).target_sets(fold, event_types) for name in self.parts]
+        sets = [_target_sets(pd.read_parquet(self.root / "targets" / name), fold, event_types) for name in self.parts]
         users = np.concatenate([u for u, _ in sets]) if sets else np.zeros(0, dtype=np.int64)
         return users, [t for _, targets in sets for t in targets]
 
@@ -122,6 +107,23 @@ class FeatureStore:
         targets = [pd.read_parquet(self.root / "targets" / n) for n in self.parts]
         return Features(self.vocab, pd.concat(events, ignore_index=True), pd.concat(targets, ignore_index=True),
                         self.items, self.category, self.serving_category)
+
+
+def _interactions(vocab: Vocab, events: pd.DataFrame) -> Interactions:
+    """Encoded events (ENCODED_EVENTS, sorted by user then time) as the arrays models take."""
+    return Interactions(vocab, events["user"].to_numpy(np.int32), events["item"].to_numpy(np.int32),
+                        events["event"].to_numpy(np.int8), events["ts"].to_numpy(np.int64))
+
+
+def _target_sets(targets: pd.DataFrame, fold: str, event_types: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """User codes with targets in ``fold`` among encoded ``targets`` and, per user, the target item codes."""
+    t = targets[(targets["fold"] == FOLDS.index(fold)) & targets["event"].isin([EVENT_TYPES.index(e)
+                                                                                for e in event_types])]
+    users, items = t["user"].to_numpy(np.int64), t["item"].to_numpy(np.int64)
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    uniq, starts = np.unique(users, return_index=True)
+    return uniq, np.split(items, starts[1:])
 
 
 def event_counts(events: pd.DataFrame, key: str, other: str, distinct_name: str) -> pd.DataFrame:

@@ -119,6 +119,12 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.user)
 
+    def users_in(self, users: np.ndarray) -> np.ndarray:
+        """The sorted ``users`` in this history's code range: a part's users, whose codes are one range."""
+        if not len(self):
+            return users[:0]
+        return users[(users >= self.user[0]) & (users <= self.user[-1])]
+
     def event_weights(self, weights: dict[str, float]) -> np.ndarray:
         return event_weight_table(weights)[self.event]
 

@@ -297,9 +297,7 @@ class TwoStage(Recommender):
         """Candidates and features of the sorted known ``users``, each scored against its own part of ``history``."""
         pieces = []
         for part in history:
-            if not len(part):
-                continue
-            mine = users[(users >= part.user[0]) & (users <= part.user[-1])]  # a part's users: one code range
+            mine = part.users_in(users)
             if len(mine):
                 attached = self.attach(part)
                 pieces.append(attached._score_batch(mine, attached._feature_context(), self.exclude_seen))

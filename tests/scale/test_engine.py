@@ -65,7 +65,7 @@ def test_features_of_four_parts_equal_one_part(split_dirs: dict[int, Path], tmp_
     for name in ("item_stats.parquet", "user_stats.parquet"):
         assert pq.read_table(tmp_path / "f1" / name).equals(pq.read_table(tmp_path / "f4" / name)), name
     # each part's users are a contiguous code range, and a part holds all of its users' events
-    bounds = [(p.events["user"].min(), p.events["user"].max()) for p in four.iter_parts()]
+    bounds = [(p.events["user"].min(), p.events["user"].max()) for p in map(four.part, four.parts)]
     assert all(hi < lo for (_, hi), (lo, _) in zip(bounds[:-1], bounds[1:], strict=True))
 
 
