@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -64,9 +64,36 @@ def _inside_dask_worker() -> bool:
 
 def map_parts(func: Callable[..., T], jobs: list[tuple[Any, ...]]) -> list[T]:
     """``func(*job)`` for every job, results in job order: here one at a time, or as tasks on the cluster."""
+    return list(imap_parts(func, jobs))
+
+
+def imap_parts(func: Callable[..., T], jobs: list[tuple[Any, ...]]) -> Iterator[T]:
+    """``map_parts`` yielding each result in job order as it is ready, so a caller that writes results out (e.g.
+    batch lists) holds one at a time; on a cluster every job is submitted at once and runs on the workers while
+    the caller consumes the earlier ones."""
     client = dask_client()
     if client is None:
-        return [func(*job) for job in jobs]
-    futures = client.map(func, *zip(*jobs, strict=True), pure=False) if jobs else []
+        yield from (func(*job) for job in jobs)
+        return
+    futures = client.map(func, *_shared_once(client, jobs), pure=False) if jobs else []
     log.info("dask parts submitted func=%s parts=%d", getattr(func, "__name__", func), len(jobs))
-    return client.gather(futures)
+    for future in futures:
+        yield future.result()
+        future.release()
+
+
+def _shared_once(client: Client, jobs: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """The jobs' arguments by position; an argument every job shares (the same object: a model, a history) is sent
+    to the workers once and passed as its future, instead of being pickled into every task."""
+    columns = []
+    for column in zip(*jobs, strict=True):
+        first = column[0]
+        if len(column) > 1 and not isinstance(first, _SMALL) and all(arg is first for arg in column):
+            shared = client.scatter([first], broadcast=True, hash=False)[0]  # a list: scatter it as one object
+            columns.append([shared] * len(column))
+        else:
+            columns.append(list(column))
+    return columns
+
+
+_SMALL = (bool, int, float, str, bytes, type(None), os.PathLike)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipelines.core.atomic import atomic_file, write_json
 from pipelines.core.config import EvaluateParams, SplitParams
-from pipelines.core.engine import map_parts
+from pipelines.core.engine import imap_parts
 from pipelines.evaluation.champion import Champion
 from pipelines.evaluation.metrics import coverage, novelty, paired_bootstrap_ci, per_user_metrics
 from pipelines.features.encode import Features, FeatureStore, load_features
@@ -90,7 +90,7 @@ def evaluate_models(
     blocks: dict[str, dict[str, list[np.ndarray]]] = {}
     elapsed = dict.fromkeys(models, 0.0)
     jobs = [(models, features.vocab, history, i, users, block_users, k, exclude_seen) for i in range(len(history))]
-    for part in map_parts(_rank_part, jobs):  # in part order, so lists line up with the sorted users
+    for part in imap_parts(_rank_part, jobs):  # in part order, so lists line up with the sorted users
         events_per_user += part.events_per_user
         popularity += part.popularity
         for name in models:

@@ -16,7 +16,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core.engine import map_parts
+from pipelines.core.engine import imap_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
 from pipelines.models.base import PriorPlusSparse, Recommender, Targets, UserScores, item_order, prepared
@@ -111,7 +111,7 @@ def summed_counts(history: PartedHistory, pair_counts: Callable[[Interactions], 
     """``pair_counts`` of every part (item x item counts that never cross users), summed in part order: the counts of
     the whole history. The parts are tasks on a cluster when one is configured."""
     total = None
-    for counts in map_parts(_part_counts, [(pair_counts, history, i) for i in range(len(history))]):
+    for counts in imap_parts(_part_counts, [(pair_counts, history, i) for i in range(len(history))]):
         total = counts if total is None else total + counts
     return total
 

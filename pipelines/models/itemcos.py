@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core.engine import map_parts
+from pipelines.core.engine import imap_parts, map_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.models.covisit import recent_weights
 from pipelines.models.item_to_item import ItemToItem
@@ -104,7 +104,7 @@ class ItemCosine(ItemToItem):
         blocks = []
         for items in row_blocks(np.sum([p for _, p in sizes], axis=0), PAIR_BUDGET):
             total = None
-            for counts in map_parts(_block_counts, [(history, i, items) for i in range(len(history))]):
+            for counts in imap_parts(_block_counts, [(history, i, items) for i in range(len(history))]):
                 total = counts if total is None else total + counts
             blocks.append(cosine_from_counts(total, self.neighbours, norms, items.start))
         return sp.vstack(blocks).tocsr()

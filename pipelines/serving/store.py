@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, read_json, write_json
+from pipelines.core.engine import imap_parts
 from pipelines.core.errors import ShoprecError
+from pipelines.features.interactions import PartedHistory
 from pipelines.models.base import Ranked
 from pipelines.serving.model import ServingModel
 
@@ -61,8 +63,9 @@ def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 1
     """Batch-score every known user of the model in ``model_dir`` and write their top ``k`` to ``out_dir``.
 
     A model trained on several parts of users keeps no user state: its users are then ranked one part of
-    ``features_dir`` (the features it was trained from) at a time. Rows are written batch by batch, so memory holds
-    one batch of lists. Returns a summary (users, rows, seconds, model_id, out_dir).
+    ``features_dir`` (the features it was trained from) at a time, as tasks on the Dask cluster when one is
+    configured. Each part's rows are written as they arrive, so memory holds about one part's lists. Returns a
+    summary (users, rows, seconds, model_id, out_dir).
     """
     if k < 1:
         raise ShoprecError(f"k must be at least 1, got {k}")
@@ -70,19 +73,11 @@ def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 1
     model = ServingModel.load(model_dir)
     users_total = rows = 0
     with atomic_dir(out_dir) as tmp:
-        writer: pq.ParquetWriter | None = None
-        for rank, users in _user_parts(model, features_dir):
-            for batch in (users[i: i + BATCH_USERS] for i in range(0, len(users), BATCH_USERS)):
-                table = pa.Table.from_pandas(lists_frame(model, batch, rank(batch, k)), LISTS_SCHEMA,
-                                             preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp / LISTS_FILE, LISTS_SCHEMA)
+        with pq.ParquetWriter(tmp / LISTS_FILE, LISTS_SCHEMA) as writer:
+            for users, table in _part_tables(model, features_dir, k):
                 writer.write_table(table)
-                users_total, rows = users_total + len(batch), rows + table.num_rows
-        if writer is None:
-            pq.write_table(LISTS_SCHEMA.empty_table(), tmp / LISTS_FILE)
-        else:
-            writer.close()
+                users_total, rows = users_total + users, rows + table.num_rows
+                log.info("batch part written users=%d rows=%d", users, table.num_rows)
         seconds = round(time.perf_counter() - start, 2)
         summary = {"users": users_total, "rows": rows, "k": k, "seconds": seconds, "model_id": model.model_id,
                    "trained_at": model.meta.get("trained_at"), "model_dir": str(Path(model_dir).resolve()),
@@ -92,10 +87,10 @@ def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 1
     return summary | {"out_dir": str(Path(out_dir).resolve())}
 
 
-def _user_parts(model: ServingModel, features_dir: str | Path | None) -> Iterator[tuple[RankFn, np.ndarray]]:
-    """(rank function, its users) per part: the model's own history, or each part of ``features_dir`` attached."""
+def _part_tables(model: ServingModel, features_dir: str | Path | None, k: int) -> Iterator[tuple[int, pa.Table]]:
+    """(users, rows of their lists) per part: the model's own history, or each part of ``features_dir``."""
     if len(model.history_) or features_dir is None:
-        yield (lambda users, k: model.top_lists(users, k)), np.arange(model.history_.n_users)
+        yield _lists_table(model, lambda users, k: model.top_lists(users, k), np.arange(model.history_.n_users), k)
         return
     from pipelines.features.encode import load_features
     from pipelines.models.train import ALL_EVENTS
@@ -105,9 +100,23 @@ def _user_parts(model: ServingModel, features_dir: str | Path | None) -> Iterato
         raise ShoprecError(f"{features_dir}: not the features the model was trained on "
                            f"({store.vocab.n_users} users / {store.vocab.n_items} items, model: "
                            f"{model.history_.n_users} / {model.history_.n_items})")
-    for part in store.histories(ALL_EVENTS):
-        attached = model.model.attach(part)
-        yield (lambda users, k, m=attached: m.rank(users, k, True)), np.unique(part.user).astype(np.int64)
+    history = store.histories(ALL_EVENTS)
+    yield from imap_parts(_attached_part_table, [(model, history, i, k) for i in range(len(history))])
+
+
+def _attached_part_table(model: ServingModel, history: PartedHistory, i: int, k: int) -> tuple[int, pa.Table]:
+    """The lists of part ``i``'s users, ranked by the model attached to that part (a task on a cluster)."""
+    part = history.part(i)
+    attached = model.model.attach(part)
+    return _lists_table(model, lambda users, k: attached.rank(users, k, True), np.unique(part.user).astype(np.int64),
+                        k)
+
+
+def _lists_table(model: ServingModel, rank: RankFn, users: np.ndarray, k: int) -> tuple[int, pa.Table]:
+    """``users``' top-k lists by ``rank`` as rows of the store, ranked ``BATCH_USERS`` at a time."""
+    tables = [pa.Table.from_pandas(lists_frame(model, batch, rank(batch, k)), LISTS_SCHEMA, preserve_index=False)
+              for batch in (users[i: i + BATCH_USERS] for i in range(0, len(users), BATCH_USERS))]
+    return len(users), pa.concat_tables([LISTS_SCHEMA.empty_table(), *tables])
 
 
 def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:

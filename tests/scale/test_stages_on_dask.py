@@ -48,3 +48,25 @@ def test_parts_on_the_cluster_equal_one_process(tmp_path: Path, monkeypatch: pyt
     for metric in ("ndcg@10", "hr@10"):
         assert on_dask["models"]["candidate"]["overall"][metric] == pytest.approx(
             local["models"]["candidate"]["overall"][metric], abs=0.03), metric
+
+
+def test_batch_lists_on_the_cluster_equal_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dask_cluster):
+    """One trained model, its lists of every user written part by part here and as tasks on the workers."""
+    import pandas as pd
+
+    from pipelines.models.train import run_train
+    from pipelines.serving.store import LISTS_FILE, write_recommendations
+
+    generate(tmp_path / "data", SyntheticParams(users=400, items=200, categories=6, events_per_user=25, seed=3))
+    monkeypatch.setattr("pipelines.data.partitions.ROWS_PER_PARTITION", 4_000)
+    monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
+    run_split(tmp_path / "data", tmp_path / "split", SplitParams())
+    run_features(tmp_path / "split", tmp_path / "features")
+    assert len(load_features(tmp_path / "features").parts) > 1
+    run_train(tmp_path / "features", tmp_path / "model", FAST)
+    write_recommendations(tmp_path / "model", tmp_path / "local", k=10, features_dir=tmp_path / "features")
+    monkeypatch.setenv(engine.ADDRESS_ENV, dask_cluster.scheduler_address)
+    summary = write_recommendations(tmp_path / "model", tmp_path / "dask", k=10, features_dir=tmp_path / "features")
+    local, on_dask = (pd.read_parquet(tmp_path / d / LISTS_FILE) for d in ("local", "dask"))
+    assert summary["users"] == local["user_id"].nunique() == 400
+    pd.testing.assert_frame_equal(on_dask, local)
