@@ -239,6 +239,8 @@ class TrainParams(_Section):
     history_len: int = Field(20, ge=1)
     transitions_last_n: int = Field(3, ge=1)
     itemcos_neighbours: int = Field(200, ge=1)
+    # co-visitation and transitions keep each item's strongest neighbours: bounded rows whatever the item's reach
+    max_neighbours: int = Field(500, ge=1)
     sources: list[SourceName] = ["covisit", "itemcos", "transitions", "popularity", "category_popularity",
                                  "sasrec", "lightgcn"]
     rankers: list[RankerName] = ["lightgbm", "xgboost", "deep"]

@@ -23,11 +23,11 @@ def build_source(name: str, params: TrainParams, item_category: np.ndarray | Non
             raise ValueError("category_popularity needs the item categories")
         return CategoryPopularity(item_category, w, half_life)
     if name == "covisit":
-        return CoVisitation(w, params.covisit_window, params.history_len, half_life)
+        return CoVisitation(w, params.covisit_window, params.history_len, half_life, params.max_neighbours)
     if name == "itemcos":
         return ItemCosine(w, params.history_len, params.itemcos_neighbours)
     if name == "transitions":
-        return Transitions(params.transitions_last_n)
+        return Transitions(params.transitions_last_n, neighbours=params.max_neighbours)
     if name == "sasrec":
         from pipelines.models.sasrec import SASRec
 
@@ -46,7 +46,7 @@ def build_model(params: TrainParams) -> Recommender:
     if params.model == "random":
         return RandomRecommender(params.seed)
     return CoVisitation(params.event_weights, params.covisit_window, params.history_len,
-                        params.popularity_half_life_days)
+                        params.popularity_half_life_days, params.max_neighbours)
 
 
 __all__ = ["Ranked", "Recommender", "Popularity", "CategoryPopularity", "CoVisitation", "ItemCosine", "Transitions",

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, PartedHistory
+from pipelines.models.kernels import csr_pairs, descending_bits, sparse_plus_prior_top, unpack
 
 # Validation targets for early stopping: user codes and, per user, the target item codes.
 Targets = tuple[np.ndarray, list[np.ndarray]]
@@ -100,7 +101,7 @@ def pad_columns(values: np.ndarray, k: int, fill: float) -> np.ndarray:
 
 
 _PREPARED: list[tuple[str, tuple[np.ndarray, ...], Any]] = []  # newest last
-_PREPARED_KEPT = 8  # the sources of a model and a few more
+_PREPARED_KEPT = 16  # two per source of a model (item order, its key bits) and a few more
 
 
 def prepared(kind: str, inputs: tuple[np.ndarray, ...], build: Callable[[], Any]) -> Any:
@@ -197,47 +198,31 @@ class PriorPlusSparse(UserScores):
     the head of the prior's order (``order``), since every item not stored scores just its prior."""
 
     def __init__(self, raw: sp.csr_matrix, prior: np.ndarray, order: np.ndarray, excluded: sp.csr_matrix | None):
-        self.raw = raw if raw.has_sorted_indices else raw.sorted_indices()
-        self.prior, self.order = prior, order
-        self.excluded = distinct(csr_keys(excluded)) if excluded is not None else np.zeros(0, dtype=np.int64)
+        self.raw, self.prior, self.order = raw, prior, order
+        self.excluded = excluded if excluded is not None else sp.csr_matrix(raw.shape, dtype=np.float32)
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_items = self.raw.shape
         width = min(n, n_items)
-        if denser_than_sparse(self.raw.nnz + len(self.excluded) + n_rows * width, n_rows, n_items):
-            scores = DenseScores(self.raw.toarray() + self.prior, None)
-            scores.scores.ravel()[self.excluded] = -np.inf
+        if denser_than_sparse(self.raw.nnz + self.excluded.nnz + n_rows * width, n_rows, n_items):
+            scores = DenseScores(self.raw.toarray() + self.prior, self.excluded)
             return scores.top(n)
-        stored = csr_keys(self.raw)  # sorted
-        stored_values = (self.raw.data + self.prior[self.raw.indices]).astype(np.float32)
-        skip = distinct(np.concatenate([stored, self.excluded]))  # not scored by their prior alone
-        # each row's first width + |skip| items of the prior order hold its width best items scored by prior alone;
-        # the first 2 * width almost always do, so rows read further only when those fall short
-        enough = np.minimum(width + np.bincount(skip // n_items, minlength=n_rows), n_items)
-        reach = np.minimum(enough, 2 * width)
-        head_rows, head, head_keys, fresh = self._head(reach, skip)
-        short = (np.bincount(head_rows[fresh], minlength=n_rows) < width) & (reach < enough)
-        if short.any():
-            head_rows, head, head_keys, fresh = self._head(np.where(short, enough, reach), skip)
-        kept = ~contains(self.excluded, stored)
-        keys = np.concatenate([stored[kept], head_keys[fresh]])
-        values = np.concatenate([stored_values[kept], self.prior[head[fresh]].astype(np.float32)])
-        if (max(n_rows - 1, 0)).bit_length() + 32 + max(n_items - 1, 1).bit_length() > 64:
-            order = np.argsort(keys)  # best_per_row then needs (row, item) order
-            keys, values = keys[order], values[order]
-        return best_per_row(keys // n_items, keys % n_items, values, n_rows, width)
-
-    def _head(self, reach: np.ndarray, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each row's first ``reach`` items of the prior order: rows, items, pair keys, whether not in ``skip``."""
-        head_rows = np.repeat(np.arange(len(reach)), reach)
-        head = self.order[np.arange(len(head_rows)) - np.repeat(np.cumsum(reach) - reach, reach)]
-        head_keys = pair_keys(head_rows, head, self.raw.shape[1])
-        return head_rows, head, head_keys, ~contains(skip, head_keys)
+        stored = descending_bits((self.raw.data + self.prior[self.raw.indices]).astype(np.float32))
+        keys = sparse_plus_prior_top(self.raw.indptr, self.raw.indices, stored, _prior_bits(self.prior), self.order,
+                                     self.excluded.indptr, self.excluded.indices, width)
+        return unpack(keys)
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        values = (csr_lookup(self.raw, rows, items) + self.prior[items]).astype(np.float32)
-        values[contains(self.excluded, pair_keys(rows, items, self.raw.shape[1]))] = -np.inf
+        raw = csr_pairs(self.raw.indptr, self.raw.indices, self.raw.data, self.raw.shape[1], rows, items)
+        values = (raw + self.prior[items]).astype(np.float32)
+        ex = self.excluded
+        values[csr_pairs(ex.indptr, ex.indices, np.ones(ex.nnz, dtype=np.bool_), ex.shape[1], rows, items)] = -np.inf
         return values
+
+
+def _prior_bits(prior: np.ndarray) -> np.ndarray:
+    """``descending_bits`` of the prior as float32, kept across batches (sources share one prior per use)."""
+    return prepared("prior-bits", (prior,), lambda: descending_bits(prior.astype(np.float32)))
 
 
 def denser_than_sparse(sparse_cells: int, n_rows: int, n_items: int) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, PartedHistory, event_weight_table
-from pipelines.models.item_to_item import ItemToItem, summed_counts
+from pipelines.models.item_to_item import ItemToItem, summed_counts, top_n_per_row
 from pipelines.models.popularity import popularity_prior, popularity_scores
 
 
@@ -63,15 +63,18 @@ class CoVisitation(ItemToItem):
         window: int = 5,
         history_len: int = 20,
         half_life_days: float = 3.0,
+        neighbours: int | None = None,
     ):
         self.event_weights = event_weights or {}
         self.window = window
         self.history_len = history_len
         self.half_life_days = half_life_days
+        self.neighbours = neighbours  # None: every co-visited item
 
     def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
         counts = partial(covisitation_counts, event_weights=self.event_weights, window=self.window)
-        return normalised_covisitation(summed_counts(history, counts))
+        matrix = normalised_covisitation(summed_counts(history, counts))  # shares of the whole row, then pruned
+        return matrix if self.neighbours is None else top_n_per_row(matrix, self.neighbours)
 
     def fit_items(self, history: PartedHistory) -> None:
         """Popularity scaled below any co-visitation signal, so it only orders the items the neighbours do not reach."""

@@ -20,6 +20,7 @@ from pipelines.core.engine import imap_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
 from pipelines.models.base import PriorPlusSparse, Recommender, Targets, UserScores, item_order, prepared
+from pipelines.models.kernels import descending_bits, top_per_row_mask
 
 
 class ItemToItem(Recommender):
@@ -119,3 +120,12 @@ def summed_counts(history: PartedHistory, pair_counts: Callable[[Interactions], 
 def _part_counts(pair_counts: Callable[[Interactions], sp.csr_matrix], history: PartedHistory,
                  i: int) -> sp.csr_matrix:
     return pair_counts(history.part(i))
+
+
+def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the ``n`` largest entries of each row (the lower column first among equals): item-item rows of bounded
+    size, so memory and the cost of a user's candidates do not grow with how popular the user's items are."""
+    m = m.tocsr()
+    keep = top_per_row_mask(m.indptr, m.indices, descending_bits(m.data), n)
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))[keep]
+    return sp.csr_matrix((m.data[keep], (rows, m.indices[keep])), shape=m.shape)

@@ -8,28 +8,7 @@ import scipy.sparse as sp
 from pipelines.core.engine import imap_parts, map_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.models.covisit import recent_weights
-from pipelines.models.item_to_item import ItemToItem
-
-
-def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
-    """Keep the ``n`` largest entries of each row: bounds memory and removes weak, noisy neighbours."""
-    m = m.tocsr()
-    rows, cols, vals = [], [], []
-    for r in range(m.shape[0]):
-        start, end = m.indptr[r], m.indptr[r + 1]
-        if end - start == 0:
-            continue
-        data, idx = m.data[start:end], m.indices[start:end]
-        if end - start > n:
-            keep = np.argpartition(-data, n)[:n]
-            data, idx = data[keep], idx[keep]
-        rows.append(np.full(len(idx), r))
-        cols.append(idx)
-        vals.append(data)
-    if not rows:
-        return sp.csr_matrix(m.shape, dtype=np.float32)
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
-
+from pipelines.models.item_to_item import ItemToItem, top_n_per_row
 
 # co-occurrence entries summed at once when fitting on parts (~12 bytes each): the rows of the item x item product
 # are built a block at a time, each block pruned to its top neighbours before the next

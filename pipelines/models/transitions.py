@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.features.interactions import Interactions, PartedHistory
-from pipelines.models.item_to_item import ItemToItem, summed_counts
+from pipelines.models.item_to_item import ItemToItem, summed_counts, top_n_per_row
 
 
 def transition_counts(history: Interactions) -> sp.csr_matrix:
@@ -31,12 +31,14 @@ class Transitions(ItemToItem):
 
     name = "transitions"
 
-    def __init__(self, last_n: int = 3, decay: float = 0.5):
+    def __init__(self, last_n: int = 3, decay: float = 0.5, neighbours: int | None = None):
         self.last_n = last_n
         self.decay = decay
+        self.neighbours = neighbours  # None: every next step seen
 
     def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
-        return transition_shares(summed_counts(history, transition_counts))
+        matrix = transition_shares(summed_counts(history, transition_counts))  # shares of all next steps, then pruned
+        return matrix if self.neighbours is None else top_n_per_row(matrix, self.neighbours)
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The last ``last_n`` events, weighing ``decay ** steps back`` from the newest."""

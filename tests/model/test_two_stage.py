@@ -15,6 +15,7 @@ from pipelines.data.generate import generate
 from pipelines.data.schema import FOLDS
 from pipelines.data.split import run_split
 from pipelines.evaluation.evaluate import evaluate_models
+from pipelines.evaluation.metrics import paired_bootstrap_ci, per_user_metrics
 from pipelines.features.encode import Features, load_features, run_features
 from pipelines.features.interactions import Interactions, Vocab
 from pipelines.features.ranking import FeatureContext, ItemInfo
@@ -93,14 +94,20 @@ def test_changing_test_targets_changes_no_recommendation(features: Features, tra
 
 def test_ranker_matches_its_best_single_source(features: Features, trained: dict[str, Recommender]):
     """On 2,000 synthetic users the planted successor walk is what transitions model, so the ranker can only tie
-    the best source here (measured: 0.5423 vs 0.5427 NDCG@10 once top lists break ties by item code); its gain
-    shows on real data (docs/BENCHMARKS.md, Beauty). It must never fall clearly behind it."""
+    the best source here (its gain shows on real data: docs/BENCHMARKS.md, Beauty). It must never fall
+    significantly behind it (paired bootstrap over test users), and it must beat co-visitation clearly. The ranker's
+    mean moves by ~0.004 NDCG@10 when one source's ties at its neighbour cut change, about one standard error of
+    the paired difference here, so a fixed margin would test noise."""
     report = evaluate_models({k: trained[k] for k in ("candidate", "baseline")}, features,
                              EvaluateParams(bootstrap_samples=100), exclude_seen=True)
-    ranker = report["models"]["candidate"]["overall"]["ndcg@10"]
-    best_source = max(v["ndcg@10"] for k, v in report["components"].items() if k.startswith("source:"))
-    assert ranker > best_source - 0.003
-    assert ranker > report["components"]["source:covisit"]["ndcg@10"]
+    users, targets = features.target_sets("test")
+    ndcg = {name: per_user_metrics(top, targets, [10])["ndcg@10"]
+            for name, top in trained["candidate"].component_lists(users, 10).items()}
+    assert ndcg["ranker:lightgbm"].mean() == pytest.approx(report["components"]["ranker:lightgbm"]["ndcg@10"],
+                                                           abs=1e-6)  # the lists evaluation scored
+    best = max((n for n in ndcg if n.startswith("source:")), key=lambda n: ndcg[n].mean())
+    assert paired_bootstrap_ci(ndcg["ranker:lightgbm"], ndcg[best], 1000)[2] > 0, best
+    assert paired_bootstrap_ci(ndcg["ranker:lightgbm"], ndcg["source:covisit"], 1000)[1] > 0
     assert report["components"]["ranker:lightgbm"] == report["models"]["candidate"]["overall"]
     assert report["validation"]["selection"]["chosen"] == "lightgbm"
     assert report["lift_vs_baseline"]["candidate"]["ndcg@10"]["ci_low"] > 0
