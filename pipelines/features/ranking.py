@@ -153,6 +153,14 @@ def _category_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict:
 
 def _attribute_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict:
     """Overlap of the candidate's attributes with the user's recent items and with the last item."""
+    last = p.last_item[cands.user]
+    has_last = last >= 0
+    cand_cat = info.category[cands.item]
+    same_category = ((cand_cat >= 0) & (cand_cat == info.category[np.maximum(last, 0)]) & has_last).astype(np.float32)
+    if info.n_attributes == 0:  # a catalogue without attributes (e.g. Taobao): no overlap, nothing to gather
+        zero = np.zeros(len(cands.item), dtype=np.float32)
+        return {"attr_overlap_recent": zero, "attr_any_recent": zero, "attr_shared_with_last": zero,
+                "same_category_as_last": same_category}
     cand_attrs = info.attributes[cands.item]
     valid = cand_attrs >= 0
     n_valid = np.maximum(valid.sum(axis=1), 1)
@@ -161,18 +169,13 @@ def _attribute_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict
     else:
         gathered = np.stack([pair_values(p.attributes, cands.user, cand_attrs[:, j])
                              for j in range(cand_attrs.shape[1])], 1)
-    last = p.last_item[cands.user]
-    has_last = last >= 0
     last_attrs = info.attributes[np.maximum(last, 0)]
     shared_last = (cand_attrs[:, :, None] == last_attrs[:, None, :]) & valid[:, :, None] & has_last[:, None, None]
-    cand_cat = info.category[cands.item]
     return {
         "attr_overlap_recent": (gathered.sum(axis=1) / (n_valid * p.n_recent[cands.user])).astype(np.float32),
         "attr_any_recent": (gathered > 0).sum(axis=1).astype(np.float32) / n_valid,
         "attr_shared_with_last": shared_last.any(axis=2).sum(axis=1).astype(np.float32) / n_valid,
-        "same_category_as_last": (
-            (cand_cat >= 0) & (cand_cat == info.category[np.maximum(last, 0)]) & has_last
-        ).astype(np.float32),
+        "same_category_as_last": same_category,
     }
 
 

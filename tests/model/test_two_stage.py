@@ -74,6 +74,19 @@ def test_features_have_names_and_no_infinities(features: Features):
     assert (X[:, names.index("user_cat_share_all")] > 0).any()  # synthetic items have categories
 
 
+def test_a_catalogue_without_attributes_skips_the_gather_with_the_same_features(features: Features):
+    history = features.history(("train",))
+    info = ItemInfo.build(features.vocab, None, features.category)  # no attributes: every slot -1
+    assert info.n_attributes == 0
+    cands = generate_candidates({"transitions": Transitions().fit(history)}, features.target_sets("valid")[0][:50], 15)
+    skipped, names = FeatureContext(history, info).features(cands)
+    info.n_attributes = 1  # the general path over the same empty table
+    gathered, same = FeatureContext(history, info).features(cands)
+    assert names == same
+    np.testing.assert_array_equal(skipped, gathered)
+    assert (skipped[:, names.index("same_category_as_last")] > 0).any()
+
+
 def test_changing_test_targets_changes_no_recommendation(features: Features, trained: dict[str, Recommender]):
     """A two-stage model trained after every test event and target changed gives the same test lists: fitting
     (sources, rankers, selection, item info) never sees the test fold."""
