@@ -5,20 +5,20 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core.engine import imap_parts, map_parts
+from pipelines.core.engine import map_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.models.covisit import recent_weights
-from pipelines.models.item_to_item import ItemToItem, top_n_per_row
+from pipelines.models.item_to_item import ItemToItem
+from pipelines.models.kernels import cosine_top_rows
 
-# co-occurrence entries summed at once when fitting on parts (~12 bytes each): the rows of the item x item product
-# are built a block at a time, each block pruned to its top neighbours before the next
+# co-occurrence entries of one block of item rows (~12 bytes each, plus the product's temporaries): the item x item
+# product is built a block of rows at a time, each block pruned to its top neighbours before it is kept
 PAIR_BUDGET = 40_000_000
 
 
 def cooccurrence_counts(history: Interactions, items: slice = slice(None)) -> sp.csr_matrix:
     """Users who interacted with both items, for the item pairs whose first item is in ``items`` (rows) and any
-    second item (columns); the diagonal is the users per item. Users are whole in a part, so the counts of a
-    history are the sum of those of its parts."""
+    second item (columns); the diagonal is the users per item."""
     x = history.seen.astype(np.float32)
     return (x[:, items].T @ x).tocsr()
 
@@ -29,16 +29,12 @@ def cosine_from_counts(counts: sp.csr_matrix, neighbours: int, norms: np.ndarray
 
     ``counts`` may be a block of rows (items ``first_row`` on) when ``norms`` gives every item's user count.
     """
-    sim = counts.tocsr(copy=True)
-    norms = sim.diagonal() if norms is None else norms
+    counts = counts.tocsr()
+    norms = counts.diagonal() if norms is None else norms
     inv = (1.0 / np.maximum(np.sqrt(norms), 1e-9)).astype(np.float32)
-    # scaled in place (same float32 products as diag @ C @ diag): the co-occurrence matrix is the memory peak of
-    # training at 10M events, and the two diagonal products held two more copies of it
-    sim.data *= inv[first_row + np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))]
-    sim.data *= inv[sim.indices]
-    sim.setdiag(0, k=first_row)
-    sim.eliminate_zeros()
-    return top_n_per_row(sim, neighbours).astype(np.float32)
+    indptr, indices, data = cosine_top_rows(counts.indptr, counts.indices, np.asarray(counts.data, np.float32), inv,
+                                            first_row, neighbours)
+    return sp.csr_matrix((data, indices, indptr), shape=counts.shape)
 
 
 def row_blocks(pairs_per_row: np.ndarray, budget: int) -> list[slice]:
@@ -52,16 +48,29 @@ def row_blocks(pairs_per_row: np.ndarray, budget: int) -> list[slice]:
     return [*bounds, slice(start, len(pairs_per_row))]
 
 
-def _block_counts(history: PartedHistory, i: int, items: slice) -> sp.csr_matrix:
-    """Co-occurrence counts of part ``i`` for the rows ``items`` (a task on a cluster)."""
-    return cooccurrence_counts(history.part(i), items)
+def seen_matrix(history: PartedHistory) -> sp.csr_matrix:
+    """The binary user x item matrix of the whole history, from each part's distinct (user, item) pairs.
+
+    Held whole (~8 bytes per distinct pair: ~0.7 GB at 100M events), so that each block of item rows is one product
+    over every user; summing per-part products instead costs blocks x parts additions, which grows with the
+    square of the log."""
+    pairs = map_parts(_seen_pairs, [(history, i) for i in range(len(history))])
+    users = np.concatenate([u for u, _ in pairs]) if pairs else np.zeros(0, dtype=np.int32)
+    items = np.concatenate([i for _, i in pairs]) if pairs else np.zeros(0, dtype=np.int32)
+    return sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                         shape=(history.n_users, history.n_items))
 
 
-def _row_sizes(history: PartedHistory, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Part ``i``'s users per item and its co-occurrence entries per item row (at most: distinct items per user)."""
-    x = history.part(i).seen
-    users_per_item = np.asarray(x.sum(axis=0)).ravel()
-    return users_per_item, np.asarray(x.T @ np.asarray(x.sum(axis=1)).ravel()).ravel()
+def _seen_pairs(history: PartedHistory, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Part ``i``'s distinct (user, item) pairs as int32 codes (a task on a cluster)."""
+    seen = history.part(i).seen
+    return np.repeat(np.arange(seen.shape[0], dtype=np.int32), np.diff(seen.indptr)), seen.indices.astype(np.int32)
+
+
+def _block_cosine(by_item: sp.csr_matrix, seen: sp.csr_matrix, items: slice, norms: np.ndarray,
+                  neighbours: int) -> sp.csr_matrix:
+    """The pruned cosine rows of ``items`` (a task on a cluster; ``by_item`` = ``seen`` transposed, as rows)."""
+    return cosine_from_counts((by_item[items] @ seen).tocsr(), neighbours, norms, items.start)
 
 
 class ItemCosine(ItemToItem):
@@ -75,18 +84,15 @@ class ItemCosine(ItemToItem):
         self.neighbours = neighbours
 
     def fit_matrix(self, history: PartedHistory) -> sp.csr_matrix:
-        """The cosine rows a block of items at a time: each block's co-occurrence counts are summed over the parts
-        and pruned to the top neighbours before the next block, so memory holds ``PAIR_BUDGET`` entries, not the
-        whole item x item product (which grows with users x items per user squared)."""
-        sizes = map_parts(_row_sizes, [(history, i) for i in range(len(history))])
-        norms = np.sum([u for u, _ in sizes], axis=0)
-        blocks = []
-        for items in row_blocks(np.sum([p for _, p in sizes], axis=0), PAIR_BUDGET):
-            total = None
-            for counts in imap_parts(_block_counts, [(history, i, items) for i in range(len(history))]):
-                total = counts if total is None else total + counts
-            blocks.append(cosine_from_counts(total, self.neighbours, norms, items.start))
-        return sp.vstack(blocks).tocsr()
+        """The cosine rows a block of items at a time, each block pruned to the top neighbours as it is built, so
+        memory holds the binary user x item matrix and ``PAIR_BUDGET`` entries, not the whole item x item product
+        (which grows with users x items per user squared). Blocks are tasks on a cluster when one is configured."""
+        seen = seen_matrix(history)
+        by_item = seen.T.tocsr()
+        norms = np.diff(by_item.indptr).astype(np.float32)  # users per item
+        pairs = by_item @ np.diff(seen.indptr)  # co-occurrence entries per item row, at most
+        jobs = [(by_item, seen, items, norms, self.neighbours) for items in row_blocks(pairs, PAIR_BUDGET)]
+        return sp.vstack(map_parts(_block_cosine, jobs), format="csr")
 
     def profile_weights(self, events: np.ndarray, steps_back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return recent_weights(events, steps_back, self.event_weights, self.history_len)

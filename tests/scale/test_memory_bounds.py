@@ -33,7 +33,8 @@ def test_candidates_do_not_depend_on_the_cell_budget(tmp_path, monkeypatch: pyte
 def test_item_cosine_scaled_in_place_equals_the_diagonal_products(tmp_path) -> None:
     import scipy.sparse as sp
 
-    from pipelines.models.itemcos import cooccurrence_counts, cosine_from_counts, top_n_per_row
+    from pipelines.models.item_to_item import top_n_per_row
+    from pipelines.models.itemcos import cooccurrence_counts, cosine_from_counts
 
     generate(tmp_path / "data", SyntheticParams(users=300, items=400, categories=10, events_per_user=20))
     events = read_events(tmp_path / "data")
