@@ -109,11 +109,22 @@ class ItemToItem(Recommender):
 
 
 def summed_counts(history: PartedHistory, pair_counts: Callable[[Interactions], sp.csr_matrix]) -> sp.csr_matrix:
-    """``pair_counts`` of every part (item x item counts that never cross users), summed in part order: the counts of
-    the whole history. The parts are tasks on a cluster when one is configured."""
-    total = None
+    """``pair_counts`` of every part (item x item counts that never cross users), summed: the counts of the whole
+    history. The parts are tasks on a cluster when one is configured.
+
+    Sums pair up like a binary counter (parts 1+2, 3+4, then (1+2)+(3+4), ...), so each part's entries are merged
+    about log2(parts) times; adding each part to one running total merges the growing total once per part, which
+    grows with the square of the log. The order is fixed, so the sum does not depend on where the parts ran.
+    """
+    pending: list[tuple[int, sp.csr_matrix]] = []  # (level, sum of 2**level consecutive parts)
     for counts in imap_parts(_part_counts, [(pair_counts, history, i) for i in range(len(history))]):
-        total = counts if total is None else total + counts
+        level = 0
+        while pending and pending[-1][0] == level:
+            counts, level = pending.pop()[1] + counts, level + 1
+        pending.append((level, counts))
+    total = pending.pop()[1]
+    while pending:
+        total = pending.pop()[1] + total
     return total
 
 
