@@ -364,21 +364,22 @@ class Recommender(ABC):
     def recommend(
         self, users: np.ndarray, k: int, exclude_seen: bool = True, batch_size: int = 1024
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item codes and their scores per user, best first, full ranking over the catalogue (k <= n_items)."""
-        history = self.history
-        k = min(k, history.n_items)
-        out_items = np.empty((len(users), k), dtype=np.int64)
-        out_scores = np.empty((len(users), k), dtype=np.float32)
+        """Top-k item codes and their scores per user, best first, full ranking over the catalogue (k <= n_items);
+        -1 / -inf past the items of finite score.
+
+        Through ``candidate_scorer``, so a ``sparse_scores`` model never builds dense rows (at 4M items a batch of
+        1,024 dense rows is 16 GB) and a dense one holds at most ``CELL_BUDGET`` cells at a time.
+        """
+        k = min(k, self.history.n_items)
+        if not self.sparse_scores:
+            batch_size = max(1, min(batch_size, CELL_BUDGET // max(self.history.n_items, 1)))
+        scorer = self.candidate_scorer(exclude_seen)
+        out_items = np.full((len(users), k), -1, dtype=np.int64)
+        out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         for start in range(0, len(users), batch_size):
-            batch = users[start: start + batch_size]
-            scores = self.score(batch).astype(np.float32, copy=True)
-            if exclude_seen:
-                seen = history.seen[batch]
-                rows = np.repeat(np.arange(len(batch)), np.diff(seen.indptr))
-                scores[rows, seen.indices] = -np.inf
-            items, values = top_k(scores, k)
-            out_items[start: start + len(batch)] = items
-            out_scores[start: start + len(batch)] = values
+            items, values = scorer(users[start: start + batch_size]).top(k)
+            out_items[start: start + len(items), : items.shape[1]] = items
+            out_scores[start: start + len(items), : items.shape[1]] = values
         return out_items, out_scores
 
     def rank(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> Ranked:
