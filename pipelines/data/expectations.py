@@ -3,10 +3,11 @@
 Each expectation is wrapped in a :class:`Check` that says whether its failing rows can be quarantined one by
 one (row level) or whether it judges the table as a whole, and how to explain a failure in one line.
 
-A data set is validated one bucket of whole users at a time (:class:`Suite` runs GX on each bucket, with one
-context and suite built once), and :class:`Totals` adds the buckets' results up into one result per check,
-judged on the sums as GX judges one frame. The row count against the previous version needs the whole data set's
-count only: :func:`judge_row_count` settles it on the total, without a frame of that many rows.
+A data set is validated one bucket of whole users at a time (:class:`Suite` runs GX on a bucket; each bucket's
+task builds its own, ~0.1 s, so buckets can run on different machines), and :class:`Totals` adds the buckets'
+results up into one result per check, judged on the sums as GX judges one frame. The row count against the
+previous version needs the whole data set's count only: :func:`judge_row_count` settles it on the total, without
+a frame of that many rows.
 ``great_expectations`` is imported inside the functions that use it: it costs ~4 s, too much for CLI start-up.
 """
 
@@ -210,7 +211,7 @@ def judge_row_count(check: Check, rows: int) -> CheckResult:
 
 
 class Suite:
-    """The checks as one GX suite in one ephemeral context, built once and run on bucket after bucket.
+    """The checks as one GX suite in one ephemeral context, which can be run on frame after frame.
 
     Data Docs are rendered (through a Checkpoint's UpdateDataDocsAction into ``docs_dir``) for the runs asked
     to; every run's result is dropped from GX's in-memory store afterwards, so memory does not grow with buckets.
@@ -300,6 +301,16 @@ class Totals:
                 tally.counts = {k: tally.counts[k] + int(got.get(k) or 0) for k in _COUNTS}
             tally.values += list(got.get("unexpected_list") or [])[: _KEEP - len(tally.values)]
             tally.rows += [offset + i for i in result.unexpected_rows[: _KEEP - len(tally.rows)]]
+
+    @staticmethod
+    def kept(result: CheckResult) -> dict[str, Any]:
+        """What :meth:`add` reads of a bucket's result (no long lists but the first ``_KEEP`` unexpected values
+        and rows): a bucket validated on a worker sends back this much, however many rows it flagged."""
+        got = result.result
+        return {k: v for k, v in got.items() if k not in _LISTS} | {
+            "unexpected_list": list(got.get("unexpected_list") or [])[:_KEEP],
+            "unexpected_index_list": list(got.get("unexpected_index_list") or [])[:_KEEP],
+        }
 
     def results(self) -> list[CheckResult]:
         return [self._total(check, tally) for check, tally in zip(self._checks, self._tallies, strict=True)]

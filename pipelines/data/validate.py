@@ -7,13 +7,17 @@ too many rows are bad or a table-level expectation (columns, types, size) fails.
 
 Memory holds one bucket of whole users at a time, whatever the size of the log: the events are shuffled into
 ``partition_count(rows)`` user buckets (``pipelines.data.partitions``, in a temporary directory beside
-``out_dir``) and GX validates each bucket on its own. Per-user counts and duplicates (whose key holds the user)
-are bucket-local; the per-check results are added up over the buckets and the table-level verdicts (columns,
-types, share of rows from users with too few events, duplicate share, row count against the previous version,
-bad-row share) are judged on the totals. ``summary.json`` reports the totals (examples from the first buckets);
-the GX Data Docs show the first bucket's validation only. The validated ``events/`` holds one part per user
-bucket that kept rows (``part_name(b)``), so later per-user stages read one part at a time; a small log is one
-bucket, read in its source order, so its output is the rows of the input in their order.
+``out_dir``) and GX validates each bucket on its own, one task per bucket (``engine.imap_parts``: in turn here, or
+on the workers of the Dask cluster ``SHOPREC_DASK_ADDRESS`` names, which see the same files). A task writes its
+bucket's good rows as the bucket's part and sends back a small result; the totals, the fingerprint, the quarantine
+file and the verdict are reduced here in bucket order, so both ways give the same outputs. Per-user counts and
+duplicates (whose key holds the user) are bucket-local; the per-check results are added up over the buckets and
+the table-level verdicts (columns, types, share of rows from users with too few events, duplicate share, row count
+against the previous version, bad-row share) are judged on the totals. ``summary.json`` reports the totals
+(examples from the first buckets); the GX Data Docs show the first bucket's validation only. The validated
+``events/`` holds one part per user bucket that kept rows (``part_name(b)``), so later per-user stages read one
+part at a time; a small log is one bucket, read in its source order, so its output is the rows of the input in
+their order.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, atomic_file, write_json
 from pipelines.core.config import ValidateParams
+from pipelines.core.engine import imap_parts
 from pipelines.core.errors import DataError, ShoprecError, ValidationFailed
 from pipelines.data.expectations import (
     DUPLICATE_KEY,
@@ -90,6 +95,40 @@ class _Verdict:
     problems: list[str]  # one-line reasons the data set is rejected; empty on success
 
 
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What every bucket's task needs besides its rows, picklable and sent to the workers once: the definitions of
+    the checks, the catalogue, and where the parts and the Data Docs go."""
+
+    columns: list[str]
+    window: Window
+    catalogue: pa.Array | None
+    params: ValidateParams
+    out: Path  # the validated data set being written (its ``events/`` gets the parts)
+    docs: Path  # the Data Docs site, rendered by the first bucket's task
+
+    def checks(self) -> list[Check]:
+        """The suite's checks; every task builds its own (cheap) rather than unpickling GX expectations."""
+        return build_checks(self.columns, self.window, self.catalogue is not None, self.params)
+
+
+@dataclass
+class _Bucket:
+    """One bucket's outcome, small enough to send back from a worker: no rows but the flagged ones."""
+
+    bucket: int
+    rows: int
+    results: list[tuple[bool, dict[str, Any], str | None]]  # per check: success, what Totals reads, error
+    bad_rows: int
+    flagged: pa.Table | None  # under ``quarantine``: the bucket's bad rows with their reasons
+    row_hashes: bytes  # the rows' pandas hashes, which the fingerprint hashes in bucket order
+    may_pass: bool  # the bucket leaves the data set a chance (and so wrote its part)
+    seconds: float = 0.0
+    good_rows: int = 0  # of the part written
+    users: int = 0
+    items: pa.Array | None = None  # the part's distinct item ids
+
+
 @dataclass
 class _Output:
     """What the validated buckets add up to (for the manifest, the summary and the history)."""
@@ -99,7 +138,13 @@ class _Output:
     good_rows: int = 0
     users: int = 0  # summed over buckets: a bucket holds whole users
     items: pa.Array | None = None  # distinct item ids of the good rows so far
-    writing: bool = True  # every bucket so far may be part of a passing data set
+
+    def add(self, done: _Bucket) -> None:
+        """Fold in the next bucket's counts (in bucket order, the order of the parts)."""
+        self.rows, self.bad_rows = self.rows + done.rows, self.bad_rows + done.bad_rows
+        self.good_rows, self.users = self.good_rows + done.good_rows, self.users + done.users
+        if done.items is not None:
+            self.items = done.items if self.items is None else pc.unique(pa.concat_arrays([self.items, done.items]))
 
 
 def validate(
@@ -115,12 +160,12 @@ def validate(
     last = _last_entry(history_path)  # a broken history fails before any report is replaced
     window = _window(source.manifest, params)
     catalogue = _catalogue(source.items)
-    checks = build_checks(source.columns, window, catalogue is not None, params)
     n = partition_count(source.rows)
     with atomic_dir(out_dir) as tmp_out:
         events_dir(tmp_out).mkdir()
         with atomic_dir(docs_path) as tmp_docs, _quarantine(report_dir / "quarantine.parquet", params.policy) as q:
-            results, out, fingerprint = _validate_buckets(source, n, checks, catalogue, params, tmp_out, tmp_docs, q)
+            plan = _Plan(source.columns, window, catalogue, params, tmp_out, tmp_docs)
+            results, out, fingerprint = _validate_buckets(source, n, plan, q)
         prev_rows = _rows_unless_same(last, fingerprint)
         if prev_rows is not None:
             results.append(judge_row_count(row_count_check(prev_rows, params), out.rows))
@@ -137,42 +182,52 @@ def validate(
 
 
 def _validate_buckets(
-    source: _Source,
-    n: int,
-    checks: list[Check],
-    catalogue: pa.Array | None,
-    params: ValidateParams,
-    tmp_out: Path,
-    tmp_docs: Path,
-    quarantine: _QuarantineFile,
+    source: _Source, n: int, plan: _Plan, quarantine: _QuarantineFile
 ) -> tuple[list[CheckResult], _Output, str]:
-    """GX on each bucket in turn (Data Docs of the first): the checks' totals, the counts, the fingerprint.
+    """Each bucket as a task (Data Docs of the first), reduced in bucket order: the checks' totals, the counts, the
+    quarantined rows, the fingerprint.
 
-    Each bucket's good rows become its part in ``tmp_out`` and its bad rows go to ``quarantine``. The fingerprint
-    hashes the rows bucket by bucket in bucket order, so it does not depend on how the input is cut into parts
-    (for one bucket it is the hash of all rows, as before buckets).
+    The fingerprint hashes the rows bucket by bucket in bucket order, so it does not depend on how the input is cut
+    into parts (for one bucket it is the hash of all rows, as before buckets).
     """
+    checks = plan.checks()
     totals, out = Totals(checks), _Output()
     fingerprint = hashlib.sha256(",".join(source.columns).encode())
-    suite = Suite(checks, tmp_docs)
-    with _buckets(source, n, tmp_out.parent) as buckets:
-        for bucket, table in buckets:
-            started = time.perf_counter()
-            events = table.to_pandas()
-            fingerprint.update(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
-            results = suite.run(_with_derived_columns(events, table, catalogue), docs=out.rows == 0)
-            reasons = _reasons(events, results)
-            totals.add(results, out.rows)
-            quarantine.add(table, reasons)
-            out.writing = out.writing and all(_may_pass(r, params.policy) for r in results)
-            if out.writing:  # else the data set is rejected: no need to write, and its rows may not be canonical
-                good = events.drop(index=list(reasons)) if params.policy == "quarantine" else events
-                _write_part(events_dir(tmp_out) / part_name(bucket), good, out)
-            out.rows, out.bad_rows = out.rows + len(events), out.bad_rows + len(reasons)
-            seconds = time.perf_counter() - started
-            log.info("validate bucket=%d of %d rows=%d bad=%d seconds=%.1f", bucket, n, len(events), len(reasons),
-                     seconds)
+    with _buckets(source, n, plan.out.parent) as buckets:
+        jobs = [(plan, bucket, paths, k == 0) for k, (bucket, paths) in enumerate(buckets)]
+        for done in imap_parts(_validate_bucket, jobs):
+            fingerprint.update(done.row_hashes)
+            totals.add([CheckResult(c, *r) for c, r in zip(checks, done.results, strict=True)], out.rows)
+            quarantine.add(done.flagged)
+            out.add(done)
+            log.info("validate bucket=%d of %d rows=%d bad=%d seconds=%.1f", done.bucket, n, done.rows,
+                     done.bad_rows, done.seconds)
     return totals.results(), out, fingerprint.hexdigest()
+
+
+def _validate_bucket(plan: _Plan, bucket: int, paths: list[Path], docs: bool) -> _Bucket:
+    """GX on one bucket (the rows of ``paths``), rendering the Data Docs if ``docs``; its good rows become its part
+    unless the bucket alone rejects the data set. A task: here, or on a worker that sees the same files."""
+    started = time.perf_counter()
+    table = _concat(paths)
+    events = table.to_pandas()
+    results = Suite(plan.checks(), plan.docs).run(_with_derived_columns(events, table, plan.catalogue), docs=docs)
+    reasons = _reasons(events, results)
+    quarantine = plan.params.policy == "quarantine"
+    done = _Bucket(
+        bucket=bucket,
+        rows=len(events),
+        results=[(r.success, Totals.kept(r), r.error) for r in results],
+        bad_rows=len(reasons),
+        flagged=_flagged(table, reasons) if quarantine else None,
+        row_hashes=pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes(),
+        may_pass=all(_may_pass(r, plan.params.policy) for r in results),
+    )
+    if done.may_pass:  # else this bucket rejects the data set: no need to write, and its rows may not be canonical
+        good = events.drop(index=list(reasons)) if quarantine else events
+        _write_part(events_dir(plan.out) / part_name(bucket), good, done)
+    done.seconds = time.perf_counter() - started
+    return done
 
 
 def _source(dataset_dir: Path) -> _Source:
@@ -195,16 +250,17 @@ def _source(dataset_dir: Path) -> _Source:
 
 
 @contextmanager
-def _buckets(source: _Source, n: int, scratch: Path) -> Iterator[Iterator[tuple[int, pa.Table]]]:
-    """(bucket number, table) of each bucket of whole users that has rows, in bucket order.
+def _buckets(source: _Source, n: int, scratch: Path) -> Iterator[list[tuple[int, list[Path]]]]:
+    """(bucket number, the files of its rows) of each bucket of whole users that has rows, in bucket order; the
+    files last as long as the block.
 
     One bucket is the parts concatenated in their order (no shuffle). Without a ``user_id`` column there are no
     per-user checks and no users to keep together (the data set fails the column check), so each part is a bucket.
     """
     if n == 1:
-        yield iter([(0, _concat(source.parts))])
+        yield [(0, source.parts)]
     elif "user_id" not in source.columns:
-        yield ((b, _read_table(p)) for b, p in enumerate(source.parts))
+        yield [(b, [p]) for b, p in enumerate(source.parts)]
     else:
         _same_schema(source.parts)
         with tempfile.TemporaryDirectory(dir=scratch, prefix=".validate-buckets-") as tmp:
@@ -216,7 +272,7 @@ def _buckets(source: _Source, n: int, scratch: Path) -> Iterator[Iterator[tuple[
             seconds = time.perf_counter() - started
             log.info("validate shuffled rows=%d into buckets=%d seconds=%.1f", source.rows, n, seconds)
             names = {path.name for path in written}
-            yield ((b, pq.read_table(Path(tmp) / part_name(b))) for b in range(n) if part_name(b) in names)
+            yield [(b, [Path(tmp) / part_name(b)]) for b in range(n) if part_name(b) in names]
 
 
 def _same_schema(parts: list[Path]) -> None:
@@ -231,7 +287,7 @@ def _same_schema(parts: list[Path]) -> None:
 
 
 def _concat(parts: list[Path]) -> pa.Table:
-    """All parts as one table; a column missing from some parts is null there (as pandas' concat would do)."""
+    """The parts as one table; a column missing from some parts is null there (as pandas' concat would do)."""
     tables = [_read_table(p) for p in parts]
     try:
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -352,11 +408,10 @@ class _QuarantineFile:
     def __init__(self, path: Path | None) -> None:
         self._path, self._writer = path, None
 
-    def add(self, table: pa.Table, reasons: dict[int, list[str]]) -> None:
-        if self._path is None:
+    def add(self, bad: pa.Table | None) -> None:
+        """Append one bucket's flagged rows (None, as every bucket's, when the policy quarantines nothing)."""
+        if bad is None:
             return
-        bad = table.take(pa.array(list(reasons), pa.int64()))
-        bad = bad.append_column("reason", pa.array(["; ".join(r) for r in reasons.values()], pa.string()))
         if self._writer is None:  # opened on the first bucket, so a file with no bad rows still has the columns
             self._writer = pq.ParquetWriter(self._path, bad.schema)
         self._writer.write_table(bad)
@@ -381,6 +436,12 @@ def _quarantine(path: Path, policy: str) -> Iterator[_QuarantineFile]:
             quarantine.close()
 
 
+def _flagged(table: pa.Table, reasons: dict[int, list[str]]) -> pa.Table:
+    """The bucket's rows to quarantine, with a ``reason`` column: the labels of the expectations each fails."""
+    bad = table.take(pa.array(list(reasons), pa.int64()))
+    return bad.append_column("reason", pa.array(["; ".join(r) for r in reasons.values()], pa.string()))
+
+
 def _may_pass(result: CheckResult, policy: str) -> bool:
     """Whether a bucket's result leaves the data set a chance: it passed, its failing rows are quarantined, or the
     check allows a share of failures (``mostly``) that the totals may still meet. Any other failure rejects the
@@ -389,16 +450,14 @@ def _may_pass(result: CheckResult, policy: str) -> bool:
     return result.success or quarantined or (not result.error and result.check.mostly < 1)
 
 
-def _write_part(path: Path, good: pd.DataFrame, out: _Output) -> None:
+def _write_part(path: Path, good: pd.DataFrame, done: _Bucket) -> None:
     """One bucket's good rows as a canonical part (none if it kept no rows); counted for the manifest."""
     if good.empty:
         return
     table = _canonical_table(good)
     pq.write_table(table, path)
-    items = pc.unique(table.column("item_id"))
-    out.items = items if out.items is None else pc.unique(pa.concat_arrays([out.items, items]))
-    out.good_rows += len(good)
-    out.users += int(good["user_id"].nunique())
+    done.items = pc.unique(table.column("item_id"))
+    done.good_rows, done.users = len(good), int(good["user_id"].nunique())
 
 
 def _summary(
