@@ -59,8 +59,8 @@ def iter_models(features: Features | FeatureStore, params: TrainParams, exclude_
                 .fit_parts(histories["baseline"]))
     if params.model == "two_stage":
         model = fit_two_stage(features, params, exclude_seen, run_jobs)
-        for name in ("candidate", "serving"):
-            yield ready(name, model.with_parts(histories[name]))
+        yield ready("candidate", model.with_parts(histories["candidate"]))
+        yield ready("serving", model.move_to(histories["serving"]))  # the last use: no third copy in memory
     else:
         for name in ("candidate", "serving"):
             yield ready(name, build_model(params).fit_parts(histories[name]))

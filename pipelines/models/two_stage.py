@@ -209,9 +209,17 @@ class TwoStage(Recommender):
     def with_parts(self, history: PartedHistory) -> Self:
         """A copy whose sources and item features are those of ``history`` (rankers as trained), no user state."""
         other = copy.copy(self)
-        other.sources = {name: copy.copy(s).with_parts(history) for name, s in self.sources.items()}
-        other.popularity_ = item_popularity(history)
-        return other._attach(Interactions.empty(history.vocab))
+        other.sources = dict(self.sources)
+        return other.move_to(history)
+
+    def move_to(self, history: PartedHistory) -> Self:
+        """``with_parts`` in place: each source is refitted on ``history`` and replaces the old one before the next
+        is fitted, so memory holds one source's old and new state at a time, not two whole models (at scale a
+        model is GBs of item-item rows)."""
+        for name in list(self.sources):
+            self.sources[name] = copy.copy(self.sources[name]).with_parts(history)
+        self.popularity_ = item_popularity(history)
+        return self._attach(Interactions.empty(history.vocab))
 
     def attach(self, part: Interactions) -> Self:
         """A copy ranking the users of ``part`` (one part of its history) with the same sources and rankers."""
