@@ -4,8 +4,9 @@ One machine is the default and needs nothing. The unit of work is a part of whol
 ``pipelines.data.partitions``): a stage writes its per-part work as one function and hands the parts to
 ``map_parts``, which runs them one after another here, or as Dask tasks on the cluster's workers (which must see
 the same files: a shared volume or object store). The stage then reduces the per-part results itself, so both
-ways run the same code. Setting ``SHOPREC_DASK_ADDRESS=tcp://scheduler:8786`` also moves the GBDT rankers onto
-``lightgbm.dask`` / ``xgboost.dask``. Dask is imported only when a cluster is configured.
+ways run the same code. Setting ``SHOPREC_DASK_ADDRESS=tcp://scheduler:8786`` also moves GBDT rankers whose training
+rows exceed ``rankers.distributed.MIN_DISTRIBUTED_ROWS`` onto ``lightgbm.dask`` / ``xgboost.dask``. Dask is imported
+only when a cluster is configured.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """LambdaMART with LightGBM: the default, fastest ranker on CPU for ~1-5M rows x ~40 features.
 
 LightGBM is imported inside methods so that importing the package stays cheap. With ``SHOPREC_DASK_ADDRESS``
-set, ``fit`` trains through ``lightgbm.dask`` on the cluster and keeps the local model it converts to.
+set and training rows worth spreading (``distributed.cluster_for``), ``fit`` trains through ``lightgbm.dask`` and
+keeps the local model it converts to.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from pipelines.core.config import LightGBMParams
-from pipelines.core.engine import dask_client
 from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
-from pipelines.rankers.distributed import early_stopped, staged_ndcg, to_dask
+from pipelines.rankers.distributed import cluster_for, early_stopped, staged_ndcg, to_dask
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -34,7 +34,7 @@ class LightGBMRanker(BoostedRanker):
         import lightgbm as lgb
 
         self.feature_names_ = list(train.feature_names)
-        client = dask_client()
+        client = cluster_for(train)
         if client is not None:
             return self._fit_dask(client, train, valid)
         model = lgb.LGBMRanker(objective="lambdarank", metric="ndcg", **self.library_params())

@@ -1,7 +1,8 @@
 """LambdaMART with XGBoost: a second, independently implemented GBDT ranker to check LightGBM against.
 
 XGBoost is imported inside methods so that importing the package stays cheap. With ``SHOPREC_DASK_ADDRESS``
-set, ``fit`` trains through ``xgboost.dask`` on the cluster and keeps a local ``XGBRanker`` of the result.
+set and training rows worth spreading (``distributed.cluster_for``), ``fit`` trains through ``xgboost.dask`` and
+keeps a local ``XGBRanker`` of the result.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from pipelines.core.config import XGBoostParams
-from pipelines.core.engine import dask_client
 from pipelines.rankers.base import BoostedRanker, RankingData, importance_shares, passive_openmp
-from pipelines.rankers.distributed import to_dask
+from pipelines.rankers.distributed import cluster_for, to_dask
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -37,7 +37,7 @@ class XGBoostRanker(BoostedRanker):
         settings = {"objective": "rank:ndcg", "eval_metric": f"ndcg@{self.eval_at}",
                     "early_stopping_rounds": self.early_stopping_rounds if valid is not None else None,
                     **self.library_params()}
-        client = dask_client()
+        client = cluster_for(train)
         if client is None:
             model = xgb.XGBRanker(**settings)
             eval_args: dict[str, Any] = {}

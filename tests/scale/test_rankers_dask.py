@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.core import engine
 from pipelines.rankers import Ranker, RankingData, build_ranker, ndcg_at_k_grouped
+from pipelines.rankers import distributed as distributed_rankers
 from pipelines.rankers.distributed import early_stopped, group_partitions, to_dask
 from tests.model.test_rankers import PARAMS, make_data
 
@@ -37,6 +38,7 @@ def test_dask_fit_matches_local_fit(name: str, data: dict[str, RankingData], mon
     monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
     local = fit(name, data)
     monkeypatch.setenv(engine.ADDRESS_ENV, dask_cluster.scheduler_address)
+    monkeypatch.setattr("pipelines.rankers.distributed.MIN_DISTRIBUTED_ROWS", 0)  # this small data goes too
     distributed = fit(name, data)
     test = data["test"]
     random = ndcg(np.random.default_rng(0).random(test.n_rows), test)
@@ -83,3 +85,15 @@ def test_early_stopped_follows_the_patience_rule() -> None:
     curve = [0.1, 0.3, 0.2, 0.3, 0.25, 0.2, 0.5]
     assert early_stopped(curve, patience=3) == (2, curve[:5])  # round 2 best, no gain in the 3 after it
     assert early_stopped(curve, patience=10) == (7, curve)
+
+
+@pytest.mark.parametrize("name", GBDTS)
+def test_rows_below_the_threshold_train_in_this_process(name: str, data: dict[str, RankingData],
+                                                        monkeypatch: pytest.MonkeyPatch, dask_cluster) -> None:
+    """With a cluster configured, a ranker sample that fits one process trains here, exactly as without one."""
+    monkeypatch.delenv(engine.ADDRESS_ENV, raising=False)
+    local = fit(name, data)
+    monkeypatch.setenv(engine.ADDRESS_ENV, dask_cluster.scheduler_address)
+    assert data["train"].n_rows < distributed_rankers.MIN_DISTRIBUTED_ROWS
+    here = fit(name, data)
+    np.testing.assert_array_equal(here.predict(data["test"]), local.predict(data["test"]))
