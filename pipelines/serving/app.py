@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from pipelines.core.errors import ShoprecError
+from pipelines.serving.live import session_shopper, user_shopper
 from pipelines.serving.middleware import BodyLimit, CachedFastPath
 from pipelines.serving.model import Recommendation, ServingModel, UnknownCategory, UnknownItem
 from pipelines.serving.schemas import (
@@ -47,7 +48,7 @@ from pipelines.serving.schemas import (
     error_responses,
 )
 from pipelines.serving.settings import Settings
-from pipelines.serving.state import ServingState, similar_key, user_key
+from pipelines.serving.state import ServingState, session_key, similar_key, user_key
 
 BEARER = HTTPBearer(auto_error=False, description="SHOPREC_ADMIN_TOKEN")
 
@@ -102,7 +103,7 @@ def _ops(app: FastAPI, state: ServingState) -> None:
         """The served model: version, training time, data version, metrics, and the serving configuration."""
         model = state.current()
         rules = {"blocked_items": len(model.rules.blocked), "max_per_category": model.rules.max_per_category}
-        return model.describe() | {"cache": state.cache.status(), "rules": rules}
+        return model.describe() | {"cache": state.cache.status(), "live": state.live.status(), "rules": rules}
 
 
 async def _recommend(model: ServingModel, scoring: bool, *args: Any) -> list[Recommendation]:
@@ -114,40 +115,69 @@ def _items(recs: list[Recommendation]) -> list[dict[str, Any]]:
     return [asdict(r) for r in recs]
 
 
-def _recommendations_body(model: ServingModel, user_id: str | None, known: bool,
+def _recommendations_body(model: ServingModel, user_id: str | None, session_id: str | None, known: bool,
                           recs: list[Recommendation]) -> bytes:
-    return encode({"user_id": user_id, "known_user": known, "model_version": model.version, "items": _items(recs)})
+    return encode({"user_id": user_id, "session_id": session_id, "known_user": known, "model_version": model.version,
+                   "items": _items(recs)})
+
+
+async def _shopper_list(state: ServingState, model: ServingModel, user_id: str | None, session_id: str | None,
+                        k: int, exclude_seen: bool, category: str | None) -> bytes:
+    """A shopper's cached list, or one ranked from the model's history of them plus their live events."""
+    shopper, key = ((user_shopper(user_id), user_key(model, user_id, k, exclude_seen, category)) if user_id is not None
+                    else (session_shopper(str(session_id)), session_key(model, str(session_id), k, exclude_seen,
+                                                                        category)))
+    body = await state.cache.get(key)
+    if body is None:
+        live = await state.live.recent(shopper)
+        events = model.unseen(live.events)
+        scoring = model.needs_scoring(user_id, events, exclude_seen)
+        recs = await _recommend(model, scoring, user_id, k, exclude_seen, category, events)
+        known = user_id is not None and model.known_user(user_id)
+        body = _recommendations_body(model, user_id, session_id, known, recs)
+        await state.cache_unless_changed(key, body, shopper, live)
+    return body
 
 
 def _recommendations(app: FastAPI, state: ServingState) -> None:
-    """User, session and similar-item lists; GET answers are cached (see ``CachedFastPath``)."""
+    """User, session and similar-item lists; GET answers are cached (see ``CachedFastPath``) until the shopper's
+    next event."""
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut,
              responses=error_responses(404, 422, 503), tags=["recommendations"])
     async def user_recommendations(user_id: PathId, k: K = 20, exclude_seen: bool = True,
                                    category: CategoryParam = None) -> Response:
-        """Top-k for a user; unknown users get category then global popularity (``known_user`` false)."""
-        model = state.current()
-        key = user_key(model, user_id, k, exclude_seen, category)
-        body = await state.cache.get(key)
-        if body is None:
-            scoring = model.needs_scoring(user_id, None, exclude_seen)
-            recs = await _recommend(model, scoring, user_id, k, exclude_seen, category)
-            body = _recommendations_body(model, user_id, model.known_user(user_id), recs)
-            await state.cache.set(key, body)
+        """Top-k for a user from their history and the events posted since training; unknown users without
+        posted events get category then global popularity (``known_user`` false)."""
+        body = await _shopper_list(state, state.current(), user_id, None, k, exclude_seen, category)
+        return Response(body, media_type=JSON)
+
+    @app.get("/v1/sessions/{session_id}/recommendations", response_model=RecommendationsOut,
+             responses=error_responses(404, 422, 503), tags=["recommendations"])
+    async def anonymous_recommendations(session_id: PathId, k: K = 20, exclude_seen: bool = True,
+                                        category: CategoryParam = None) -> Response:
+        """Top-k for an anonymous shopper from the events posted with this ``session_id``."""
+        body = await _shopper_list(state, state.current(), None, session_id, k, exclude_seen, category)
         return Response(body, media_type=JSON)
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut,
               responses=error_responses(400, 404, 413, 422, 503), tags=["recommendations"])
     async def session_recommendations(request: SessionRequest) -> Response:
-        """Session-aware top-k from the events just sent (known, new or anonymous users); not cached."""
+        """Session-aware top-k from the shopper's posted events (the user's, else the session's) followed by the
+        events sent here (known, new or anonymous users); not cached."""
         model = state.current()
-        events = [e.model_dump() for e in request.recent_events]
+        posted = []
+        if request.user_id is not None or request.session_id is not None:
+            shopper = (user_shopper(request.user_id) if request.user_id is not None
+                       else session_shopper(request.session_id or ""))
+            posted = model.unseen((await state.live.recent(shopper)).events)
+        events = [*posted, *(e.model_dump() for e in request.recent_events)]
         scoring = model.needs_scoring(request.user_id, events, request.exclude_seen)
         recs = await _recommend(model, scoring, request.user_id, request.k, request.exclude_seen, request.category,
                                 events)
         known = request.user_id is not None and model.known_user(request.user_id)
-        return Response(_recommendations_body(model, request.user_id, known, recs), media_type=JSON)
+        body = _recommendations_body(model, request.user_id, request.session_id, known, recs)
+        return Response(body, media_type=JSON)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=error_responses(404, 422, 503),
              tags=["recommendations"])
@@ -181,9 +211,11 @@ def _admin(app: FastAPI, state: ServingState) -> None:
     @app.post("/v1/events", response_model=EventsAck, dependencies=admin,
               responses=error_responses(400, 401, 403, 413, 422), tags=["admin"])
     async def ingest_events(batch: EventsIn) -> EventsAck:
-        """Append feedback events to the event log; acknowledged only once they are on disk (fsync)."""
+        """Append feedback events to the event log; acknowledged only once they are on disk (fsync). Then each
+        shopper's next list ranks with them (live state) and their cached lists are dropped."""
         name = await run_in_threadpool(state.events.append, batch.events)
-        return EventsAck(accepted=len(batch.events), batch=name)
+        live = await state.record(batch.events)
+        return EventsAck(accepted=len(batch.events), batch=name, live=live)
 
     @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=admin,
               responses=error_responses(401, 403, 503), tags=["admin"])

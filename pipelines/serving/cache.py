@@ -1,29 +1,34 @@
 """Response cache: an in-process LRU by default, Redis when ``SHOPREC_REDIS_URL`` is set.
 
-Keys carry the model id and the rules' fingerprint, so a reload or new rules never serve old lists. Redis is an
-optimisation only: when it fails the API answers from the model, logs the outage once, and tries Redis again
-after ``retry_after_s``.
+Bodies are stored by *group* (one shopper, one item) and *field* (model id, rules' fingerprint and the request's
+parameters), so a reload or new rules never serve old lists, and a shopper's new event drops every cached list of
+that shopper at once (``invalidate``). In Redis a group is one hash. Redis is an optimisation only: when it fails
+the API answers from the model (see ``RedisLink``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
-import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, Protocol
 
+from pipelines.serving.redis_link import RedisLink
+
 log = logging.getLogger(__name__)
+
+CacheKey = tuple[str, str]  # (group, field)
 
 
 class Cache(Protocol):
     backend: str
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, key: CacheKey) -> bytes | None: ...
 
-    async def set(self, key: str, value: bytes) -> None: ...
+    async def set(self, key: CacheKey, value: bytes) -> None: ...
+
+    async def invalidate(self, groups: Iterable[str]) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -31,108 +36,99 @@ class Cache(Protocol):
 
 
 class LRUCache:
-    """Bounded least-recently-used map of response bodies; ``size=0`` disables caching."""
+    """Bounded least-recently-used map of groups of response bodies (``size`` bodies in all; 0 disables it)."""
 
     backend = "memory"
 
     def __init__(self, size: int):
         self.size = size
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._groups: OrderedDict[str, dict[str, bytes]] = OrderedDict()
+        self._entries = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: CacheKey) -> bytes | None:
+        group, field = key
         with self._lock:
-            value = self._data.get(key)
+            bodies = self._groups.get(group)
+            value = bodies.get(field) if bodies is not None else None
             if value is None:
                 self.misses += 1
             else:
                 self.hits += 1
-                self._data.move_to_end(key)
+                self._groups.move_to_end(group)
             return value
 
-    async def set(self, key: str, value: bytes) -> None:
+    async def set(self, key: CacheKey, value: bytes) -> None:
         if self.size <= 0:
             return
+        group, field = key
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            bodies = self._groups.setdefault(group, {})
+            self._entries += field not in bodies
+            bodies[field] = value
+            self._groups.move_to_end(group)
+            while self._entries > self.size:
+                self._entries -= len(self._groups.popitem(last=False)[1])
+
+    async def invalidate(self, groups: Iterable[str]) -> None:
+        with self._lock:
+            for group in groups:
+                self._entries -= len(self._groups.pop(group, ()))
 
     def status(self) -> dict[str, Any]:
-        return {"backend": self.backend, "available": True, "entries": len(self._data), "hits": self.hits,
+        return {"backend": self.backend, "available": True, "entries": self._entries, "hits": self.hits,
                 "misses": self.misses}
 
     async def close(self) -> None:
-        self._data.clear()
+        with self._lock:
+            self._groups.clear()
+            self._entries = 0
 
 
 class RedisCache:
-    """Response bodies in Redis with a TTL; every Redis failure degrades to a cache miss."""
+    """Response bodies in Redis hashes (one per group) that expire ``ttl_s`` after their last write."""
 
     backend = "redis"
 
-    def __init__(self, url: str, ttl_s: int, timeout_s: float = 0.1, retry_after_s: float = 5.0):
-        import redis.asyncio as redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self.url, self.ttl_s, self.retry_after_s = url, ttl_s, retry_after_s
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                            retry=Retry(NoBackoff(), 0))
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
-        self._down_since: float | None = None
-        self._retry_at = 0.0
+    def __init__(self, url: str, ttl_s: int):
+        self.ttl_s = ttl_s
+        self.redis = RedisLink(url, "cache", log)
         self.hits = self.misses = 0
 
-    async def get(self, key: str) -> bytes | None:
-        if self._skip():
-            return None
-        try:
-            value = await self._client.get(key)
-        except self._errors as exc:
-            self._failed(exc)
-            return None
-        self._succeeded()
+    @staticmethod
+    def _name(group: str) -> str:
+        return f"shoprec:cache:{group}"
+
+    async def get(self, key: CacheKey) -> bytes | None:
+        group, field = key
+        value: bytes | None = await self.redis.call(lambda r: r.hget(self._name(group), field), None)
         if value is None:
             self.misses += 1
         else:
             self.hits += 1
         return value
 
-    async def set(self, key: str, value: bytes) -> None:
-        if self._skip():
-            return
-        try:
-            await self._client.set(key, value, ex=self.ttl_s)
-        except self._errors as exc:
-            self._failed(exc)
-            return
-        self._succeeded()
+    async def set(self, key: CacheKey, value: bytes) -> None:
+        group, field = key
 
-    def _skip(self) -> bool:
-        """While Redis is down, only try it again every ``retry_after_s`` (no latency spent on a dead server)."""
-        return self._down_since is not None and time.monotonic() < self._retry_at
+        async def write(r: Any) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                await pipe.hset(self._name(group), field, value).expire(self._name(group), self.ttl_s).execute()
 
-    def _failed(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + self.retry_after_s
-        if self._down_since is None:
-            self._down_since = time.time()
-            log.warning("redis cache unavailable, answering from the model: %s: %s", type(exc).__name__, exc)
+        await self.redis.call(write, None)
 
-    def _succeeded(self) -> None:
-        if self._down_since is not None:
-            log.warning("redis cache available again after %.0f s", time.time() - self._down_since)
-            self._down_since = None
+    async def invalidate(self, groups: Iterable[str]) -> None:
+        names = [self._name(g) for g in groups]
+        if names:
+            await self.redis.call(lambda r: r.delete(*names), None)
 
     def status(self) -> dict[str, Any]:
-        return {"backend": self.backend, "available": self._down_since is None, "hits": self.hits,
+        return {"backend": self.backend, "available": self.redis.available, "hits": self.hits,
                 "misses": self.misses}
 
     async def close(self) -> None:
-        with contextlib.suppress(*self._errors):
-            await self._client.aclose()
+        await self.redis.close()
 
 
 def make_cache(redis_url: str | None, size: int, ttl_s: int) -> Cache:

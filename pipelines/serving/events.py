@@ -5,7 +5,8 @@ acknowledged batch with exactly ``EVENTS_SCHEMA``, so ``pipelines.data.events_io
 (and any stage that reads a data set's ``events/``) reads it. A batch is written to a hidden temporary file,
 flushed and fsynced, renamed into place and the directory fsynced before the API acknowledges it: an
 acknowledged batch survives a crash or restart; a batch interrupted before that leaves at most a hidden
-temporary file, which readers ignore.
+temporary file, which readers ignore. An anonymous shopper's event (a session id, no user id) is logged with the
+user id ``session:<session_id>``, so the next training learns from the session as from a user.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from typing import Annotated, Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 from pipelines.data.schema import EVENTS_SCHEMA, events_dir
 
 MAX_ID_CHARS = 128
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no control characters (C0, DEL, C1)
+ANONYMOUS_USER_PREFIX = "session:"  # the logged user id of an event without one
 
 
 def printable_id(value: str) -> str:
@@ -55,17 +65,15 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_datetime_text),
                       Field(description="ISO 8601 date-time with a time zone, e.g. 2017-12-01T10:00:00Z")]
 
 
-class Event(BaseModel):
-    """One feedback event in the canonical schema; ``ts`` must carry a time zone and is stored in UTC."""
+class _EventFields(BaseModel):
+    """What every feedback event carries; ``ts`` must carry a time zone and is stored in UTC."""
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Id
     item_id: Id
     event_type: EventType
     ts: Timestamp
     category_id: Id | None = None
-    session_id: Id | None = None
 
     @field_validator("ts")
     @classmethod
@@ -74,6 +82,34 @@ class Event(BaseModel):
             return value.astimezone(UTC)
         except (OverflowError, ValueError):
             raise ValueError("timestamp out of range") from None
+
+
+class UserEvent(_EventFields):
+    """An event of a known shopper (``user_id``), optionally within a session."""
+
+    user_id: Id
+    session_id: Id | None = None
+
+    @property
+    def logged_user_id(self) -> str:
+        return self.user_id
+
+
+class AnonymousEvent(_EventFields):
+    """An event of an anonymous shopper, known only by their ``session_id``."""
+
+    session_id: Id
+
+    @property
+    def user_id(self) -> None:
+        return None
+
+    @property
+    def logged_user_id(self) -> str:
+        return f"{ANONYMOUS_USER_PREFIX}{self.session_id}"
+
+
+Event = UserEvent | AnonymousEvent  # one feedback event in the canonical schema
 
 
 class EventLog:
@@ -85,7 +121,8 @@ class EventLog:
 
     def append(self, events: list[Event]) -> str:
         """Write ``events`` durably; returns the batch file's name. Blocks for a write + fsync (milliseconds)."""
-        frame = pd.DataFrame([e.model_dump() for e in events], columns=[f.name for f in EVENTS_SCHEMA])
+        rows = [e.model_dump() | {"user_id": e.logged_user_id} for e in events]
+        frame = pd.DataFrame(rows, columns=[f.name for f in EVENTS_SCHEMA])
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
         table = pa.Table.from_pandas(frame, schema=EVENTS_SCHEMA, preserve_index=False)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"

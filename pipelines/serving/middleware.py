@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pipelines.serving.cache import CacheKey
 from pipelines.serving.schemas import JSON, encode
-from pipelines.serving.state import ServingState, similar_key, user_key
+from pipelines.serving.state import ServingState, session_key, similar_key, user_key
 
-USERS_PREFIX, USERS_SUFFIX = "/v1/users/", "/recommendations"
+USERS_PREFIX, SESSIONS_PREFIX, USERS_SUFFIX = "/v1/users/", "/v1/sessions/", "/recommendations"
 ITEMS_PREFIX, ITEMS_SUFFIX = "/v1/items/", "/similar"
 
 
@@ -41,11 +42,12 @@ class CachedFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def _key(self, path: str, query_string: bytes) -> str | None:
+    def _key(self, path: str, query_string: bytes) -> CacheKey | None:
         model = self.state.model
         if model is None:
             return None
-        for prefix, suffix in ((USERS_PREFIX, USERS_SUFFIX), (ITEMS_PREFIX, ITEMS_SUFFIX)):
+        routes = ((USERS_PREFIX, USERS_SUFFIX), (SESSIONS_PREFIX, USERS_SUFFIX), (ITEMS_PREFIX, ITEMS_SUFFIX))
+        for prefix, suffix in routes:
             if path.startswith(prefix) and path.endswith(suffix):
                 ident = path[len(prefix): -len(suffix)]
                 break
@@ -65,7 +67,8 @@ class CachedFastPath:
         category = params.get("category")
         if exclude is None or category == "":
             return None
-        return user_key(model, ident, int(k), exclude, category)
+        key = user_key if prefix == USERS_PREFIX else session_key
+        return key(model, ident, int(k), exclude, category)
 
 
 class BodyLimit:

@@ -133,6 +133,8 @@ class ServingModel:
         self.rules = rules or Rules()
         self.rules_key = self.rules.fingerprint()
         self.history_: Interactions = model.history
+        # the newest event the model learned from: live events up to it are already in the history
+        self.history_end = pd.Timestamp(int(self.history_.ts.max(initial=0)), unit="s", tz="UTC")
         vocab = self.history_.vocab
         self.item_ids = np.asarray(vocab.items, dtype=object)
         self.user_index, self.item_index = vocab.user_index, vocab.item_index
@@ -282,6 +284,10 @@ class ServingModel:
             "items": len(self.item_ids),
             "precomputed": self.store is not None,
         }
+
+    def unseen(self, events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The live events newer than the model's history (a retrained model already holds the older ones)."""
+        return [e for e in events if pd.Timestamp(e["ts"]) > self.history_end]
 
     # -- the model's own lists -----------------------------------------------------------------------------
     def top_lists(self, users: np.ndarray, depth: int, exclude_seen: bool = True) -> Ranked:

@@ -40,6 +40,7 @@ class RecommendationOut(BaseModel):
 
 class RecommendationsOut(BaseModel):
     user_id: str | None
+    session_id: str | None = Field(None, description="the anonymous session the list is for")
     known_user: bool = Field(description="false: a new or anonymous user, answered by the fallback chain")
     model_version: str | None
     items: list[RecommendationOut]
@@ -63,7 +64,10 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Id | None = Field(None, description="omit for an anonymous session")
-    recent_events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS)
+    session_id: Id | None = Field(None, description="an anonymous session whose posted events to use (with no "
+                                                    "user_id)")
+    recent_events: list[SessionEvent] = Field(default_factory=list, max_length=MAX_SESSION_EVENTS,
+                                              description="events not posted to /v1/events, after the posted ones")
     k: int = Field(20, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
     category: Id | None = None
@@ -78,6 +82,7 @@ class EventsIn(BaseModel):
 class EventsAck(BaseModel):
     accepted: int = Field(description="events durably appended to the log")
     batch: str = Field(description="file of the batch in the event log")
+    live: bool = Field(description="the shoppers' next lists reflect the events (false: live state unavailable)")
 
 
 class Health(BaseModel):
@@ -104,6 +109,7 @@ class ModelInfo(BaseModel):
     items: int
     precomputed: bool = Field(description="known users are answered from the precomputed store")
     cache: dict[str, Any]
+    live: dict[str, Any] = Field(description="live shopper state: backend, availability")
     rules: dict[str, Any]
 
 

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="cache in Redis instead of in process, e.g. redis://127.0.0.1:6379/0")
     cache_size: int = Field(100_000, ge=0, description="in-process LRU entries (0 disables the cache)")
     cache_ttl_s: int = Field(600, ge=1, description="Redis entry lifetime")
+    live_max_events: int = Field(50, ge=1, description="live events kept per shopper (the newest)")
+    live_ttl_s: int = Field(172_800, ge=1, description="a shopper's live events are forgotten this long after "
+                                                       "their last event")
+    live_max_shoppers: int = Field(100_000, ge=1, description="in-process live state: shoppers kept (least "
+                                                              "recently active dropped first)")
     blocked_items: list[str] = Field(default_factory=list, description="item ids never recommended (JSON list)")
     blocked_items_file: Path | None = Field(None, description="more blocked / out-of-stock ids, one per line; "
                                                               "re-read when it changes")

@@ -1,5 +1,6 @@
 """What the API serves: one model reference, swapped only for a fully loaded and warmed-up model, with the
-response cache (and its keys), the event log, registry polling and the background tasks of the app's lifespan."""
+response cache (and its keys), the event log, the shoppers' live events, registry polling and the background tasks
+of the app's lifespan."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 
 from pipelines.core.errors import ShoprecError
-from pipelines.serving.cache import Cache, make_cache
-from pipelines.serving.events import EventLog
+from pipelines.serving.cache import Cache, CacheKey, make_cache
+from pipelines.serving.events import Event, EventLog
+from pipelines.serving.live import (
+    LiveEvents,
+    LiveHistory,
+    event_shoppers,
+    make_live,
+    session_shopper,
+    user_shopper,
+)
 from pipelines.serving.model import ServingModel, registry_available
 from pipelines.serving.schemas import ReloadOut
 from pipelines.serving.settings import Settings
@@ -22,27 +31,37 @@ from pipelines.serving.store import MANIFEST_FILE, attach_store
 
 log = logging.getLogger(__name__)
 
-SEP = "\x1f"  # cache key separator: ids cannot contain control characters
+SEP = "\x1f"  # cache field separator: ids cannot contain control characters
 
 
-def user_key(model: ServingModel, user_id: str, k: int, exclude_seen: bool, category: str | None) -> str:
-    """Cache key of a user list: model and rules included, so a reload or new rules never serve old bodies."""
-    return SEP.join(("u", model.model_id, str(model.version), model.rules_key, user_id, str(k), str(int(exclude_seen)),
-                     category or ""))
+def _field(model: ServingModel, *parts: str) -> str:
+    return SEP.join((model.model_id, str(model.version), model.rules_key, *parts))
 
 
-def similar_key(model: ServingModel, item_id: str, k: int) -> str:
-    return SEP.join(("s", model.model_id, str(model.version), model.rules_key, item_id, str(k)))
+def user_key(model: ServingModel, user_id: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
+    """Cache key of a user list: the user's group (dropped on their next event); model and rules in the field, so
+    a reload or new rules never serve old bodies."""
+    return user_shopper(user_id), _field(model, str(k), str(int(exclude_seen)), category or "")
+
+
+def session_key(model: ServingModel, session_id: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
+    return session_shopper(session_id), _field(model, str(k), str(int(exclude_seen)), category or "")
+
+
+def similar_key(model: ServingModel, item_id: str, k: int) -> CacheKey:
+    return f"i:{item_id}", _field(model, str(k))
 
 
 class ServingState:
-    """The served model (one reference), the cache, the event log and the reload machinery."""
+    """The served model (one reference), the cache, the event log, live shopper state and the reload machinery."""
 
     def __init__(self, settings: Settings, model: ServingModel | None):
         self.settings = settings
         self.model = model
         self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self.events = EventLog(settings.events_path)
+        self.live: LiveHistory = make_live(settings.redis_url, settings.live_max_events, settings.live_ttl_s,
+                                           settings.live_max_shoppers)
         self.load_error: str | None = None
         self.rules_mtime = settings.rules_mtime()
         self._reload_lock = asyncio.Lock()
@@ -68,6 +87,19 @@ class ServingState:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.cache.close()
+        await self.live.close()
+
+    async def record(self, events: list[Event]) -> bool:
+        """After the events are in the log: add them to their shoppers' live state and drop those shoppers'
+        cached lists; False when the live state could not take them (Redis down)."""
+        live = await self.live.add(events)
+        await self.cache.invalidate({shopper for event in events for shopper in event_shoppers(event)})
+        return live
+
+    async def cache_unless_changed(self, key: CacheKey, body: bytes, shopper: str, seen: LiveEvents) -> None:
+        """Cache a shopper's list only if no event arrived while it was computed (it would be stale at once)."""
+        if await self.live.version(shopper) == seen.version:
+            await self.cache.set(key, body)
 
     async def _initial_load(self) -> None:
         """Load at start-up without blocking the server: /healthz answers at once, /readyz once loaded."""

@@ -208,8 +208,9 @@ def test_redis_cache_is_used_and_its_loss_is_survived(served: ServingModel, tmp_
     with TestClient(create_app(settings(tmp_path, redis_url=url), served)) as client:
         first = client.get(f"/v1/users/{user}/recommendations").json()
         assert client.get(f"/v1/items/{served.item_ids[0]}/similar").status_code == 200
-        keys = redis.Redis.from_url(url).keys("*")
-        assert len(keys) == 2 and all(served.model_id.encode() in k for k in keys)
+        store = redis.Redis.from_url(url)
+        keys = store.keys("*")  # one hash per shopper / item, the model in each field
+        assert len(keys) == 2 and all(served.model_id.encode() in f for k in keys for f in store.hkeys(k))
         cache = client.get("/v1/model").json()["cache"]
         assert cache["backend"] == "redis" and cache["available"] and cache["hits"] == 0
         assert client.get(f"/v1/users/{user}/recommendations").json() == first
