@@ -10,7 +10,9 @@ and the server each get a core):
    its queueing (no coordinated omission);
 2. throughput: closed-loop saturation with keep-alive connections, alternating ``/healthz`` (the ceiling of this
    HTTP stack on this machine), the recommendations endpoint on the same mix, and on a mix that nearly always
-   misses the response cache (random k), twice each.
+   misses the response cache (random k), twice each;
+3. event to list: for a sample of known users, one ``POST /v1/events`` (a view of their list's first item) and
+   then their next list, timed from sending the event to receiving the list, and whether the list reflects it.
 
 The client speaks HTTP/1.1 over raw asyncio streams (tens of microseconds per request), so it is not the
 bottleneck. Results go to stdout, to ``--json`` and between the api-benchmark markers of ``--doc``.
@@ -40,6 +42,8 @@ from pipelines.core.errors import ShoprecError
 START, END = "<!-- api-benchmark:start -->", "<!-- api-benchmark:end -->"
 NEW_USER_SHARE = 0.05
 PROBE_EVERY = 10  # one /healthz probe per 9 recommendation requests during the latency run
+TOKEN = "api-benchmark-token"  # the server's admin token, for POST /v1/events
+EVENT_USERS = 200
 
 
 def free_port() -> int:
@@ -200,6 +204,32 @@ async def _cache_hits(port: int) -> int:
         conn.close()
 
 
+async def _event_to_list(port: int, users: list[str], k: int) -> dict[str, Any]:
+    """Post a view of each user's first listed item, then ask for their list: milliseconds from the event's send
+    to the list's arrival, and the share of lists that reflect it (the viewed item left the list)."""
+    conn, times, reflected = Connection(port), [], 0
+    try:
+        for user in users:
+            path = f"/v1/users/{user}/recommendations?k={k}"
+            first = json.loads((await conn.fetch(request_bytes(path)))[1])["items"][0]["item_id"]
+            event = {"user_id": user, "item_id": first, "event_type": "view",
+                     "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            body = json.dumps({"events": [event]}).encode()
+            post = (f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            start = time.perf_counter()
+            status, _ = await conn.fetch(post)
+            after = json.loads((await conn.fetch(request_bytes(path)))[1])
+            times.append((time.perf_counter() - start) * 1000)
+            reflected += status == 200 and first not in {i["item_id"] for i in after["items"]}
+    finally:
+        conn.close()
+    ms = np.asarray(times)
+    return {"users": len(users), "reflected_share": round(reflected / max(len(users), 1), 3),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "max_ms": round(float(ms.max()), 2)}
+
+
 def _client(plan: dict[str, Any], results: Any) -> None:
     """The load generator process: warm-up, open-loop latency, then alternating saturation runs."""
     port, users, k = plan["port"], plan["users"], plan["k"]
@@ -227,6 +257,7 @@ def _client(plan: dict[str, Any], results: Any) -> None:
             runs[name].append(asyncio.run(_closed_loop(port, reqs, plan["saturate_s"], plan["connections"],
                                                        plan["server_pid"])))
     out["throughput"] = runs
+    out["event_to_list"] = asyncio.run(_event_to_list(port, users[:EVENT_USERS], k))
     results.put(out)
 
 
@@ -238,7 +269,8 @@ def _get_json(url: str) -> dict[str, Any]:
 def start_server(root: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).with_name("shoprec")
     cmd = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--root", str(root)]
-    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_WAIT_POLICY": "PASSIVE", "SHOPREC_ADMIN_TOKEN": TOKEN,
+                        "SHOPREC_EVENTS_DIR": str(root / "reports" / "api_benchmark_events")}
     with log_path.open("wb") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -294,6 +326,7 @@ def run_benchmark(root: Path, rate: float, duration_s: float, saturate_s: float,
         "load_at_start": load_at_start, "cpus": os.cpu_count(), "model_version": model.get("version"),
         "precomputed": model.get("precomputed"), "known_users": len(users), "k": k,
         "latency": out["latency"], "healthz_latency": out["healthz_latency"], "throughput": tp,
+        "event_to_list": out["event_to_list"],
         "recommendations_rps": round(rec_rps, 1), "healthz_rps": round(health_rps, 1),
         "ratio": round(rec_rps / health_rps, 3), "ratio_uncached": round(uncached_rps / health_rps, 3),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -302,6 +335,7 @@ def run_benchmark(root: Path, rate: float, duration_s: float, saturate_s: float,
 
 def markdown(result: dict[str, Any], command: str) -> str:
     lat, load, ctl = result["latency"], result["load_at_start"], result["healthz_latency"]
+    ev = result["event_to_list"]
     p99_ok = lat["p99_ms"] <= 20 and lat["achieved_rps"] >= 0.98 * lat["target_rps"]
     ratio_ok = result["ratio"] >= 0.6
     return "\n".join([
@@ -339,6 +373,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"| ratio recommendations / healthz | {result['ratio']:.2f} (target >= 0.60: "
         f"{'met' if ratio_ok else 'NOT met'}) | | |",
         f"| ratio with cache misses only / healthz | {result['ratio_uncached']:.2f} | | |",
+        "",
+        f"Event to list ({ev['users']} known users, one after another): `POST /v1/events` (a view of the list's "
+        f"first item), then the user's next list: p50 / p99 / max {ev['p50_ms']} / {ev['p99_ms']} / "
+        f"{ev['max_ms']} ms from sending the event to receiving the list (target <= 100 ms: "
+        f"{'met' if ev['p99_ms'] <= 100 else 'NOT met'}); lists reflecting the event (the viewed item left the "
+        f"list): {ev['reflected_share']:.0%}.",
     ])
 
 
