@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from pipelines.core.errors import ShoprecError
-from pipelines.serving.live import session_shopper, user_shopper
+from pipelines.serving.live import session_shopper, shopper_of, user_shopper
 from pipelines.serving.middleware import BodyLimit, CachedFastPath
 from pipelines.serving.model import Recommendation, ServingModel, UnknownCategory, UnknownItem
 from pipelines.serving.schemas import (
@@ -48,7 +48,7 @@ from pipelines.serving.schemas import (
     error_responses,
 )
 from pipelines.serving.settings import Settings
-from pipelines.serving.state import ServingState, session_key, similar_key, user_key
+from pipelines.serving.state import ServingState, list_key, similar_key
 
 BEARER = HTTPBearer(auto_error=False, description="SHOPREC_ADMIN_TOKEN")
 
@@ -121,12 +121,10 @@ def _recommendations_body(model: ServingModel, user_id: str | None, session_id: 
                    "items": _items(recs)})
 
 
-async def _shopper_list(state: ServingState, model: ServingModel, user_id: str | None, session_id: str | None,
-                        k: int, exclude_seen: bool, category: str | None) -> bytes:
+async def _shopper_list(state: ServingState, model: ServingModel, shopper: str, user_id: str | None,
+                        session_id: str | None, k: int, exclude_seen: bool, category: str | None) -> bytes:
     """A shopper's cached list, or one ranked from the model's history of them plus their live events."""
-    shopper, key = ((user_shopper(user_id), user_key(model, user_id, k, exclude_seen, category)) if user_id is not None
-                    else (session_shopper(str(session_id)), session_key(model, str(session_id), k, exclude_seen,
-                                                                        category)))
+    key = list_key(model, shopper, k, exclude_seen, category)
     body = await state.cache.get(key)
     if body is None:
         live = await state.live.recent(shopper)
@@ -149,7 +147,8 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
                                    category: CategoryParam = None) -> Response:
         """Top-k for a user from their history and the events posted since training; unknown users without
         posted events get category then global popularity (``known_user`` false)."""
-        body = await _shopper_list(state, state.current(), user_id, None, k, exclude_seen, category)
+        body = await _shopper_list(state, state.current(), user_shopper(user_id), user_id, None, k, exclude_seen,
+                                   category)
         return Response(body, media_type=JSON)
 
     @app.get("/v1/sessions/{session_id}/recommendations", response_model=RecommendationsOut,
@@ -157,7 +156,8 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
     async def anonymous_recommendations(session_id: PathId, k: K = 20, exclude_seen: bool = True,
                                         category: CategoryParam = None) -> Response:
         """Top-k for an anonymous shopper from the events posted with this ``session_id``."""
-        body = await _shopper_list(state, state.current(), None, session_id, k, exclude_seen, category)
+        body = await _shopper_list(state, state.current(), session_shopper(session_id), None, session_id, k,
+                                   exclude_seen, category)
         return Response(body, media_type=JSON)
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut,
@@ -166,11 +166,8 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
         """Session-aware top-k from the shopper's posted events (the user's, else the session's) followed by the
         events sent here (known, new or anonymous users); not cached."""
         model = state.current()
-        posted = []
-        if request.user_id is not None or request.session_id is not None:
-            shopper = (user_shopper(request.user_id) if request.user_id is not None
-                       else session_shopper(request.session_id or ""))
-            posted = model.unseen((await state.live.recent(shopper)).events)
+        shopper = shopper_of(request.user_id, request.session_id)
+        posted = model.unseen((await state.live.recent(shopper)).events) if shopper is not None else []
         events = [*posted, *(e.model_dump() for e in request.recent_events)]
         scoring = model.needs_scoring(request.user_id, events, request.exclude_seen)
         recs = await _recommend(model, scoring, request.user_id, request.k, request.exclude_seen, request.category,

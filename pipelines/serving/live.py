@@ -34,6 +34,13 @@ def session_shopper(session_id: str) -> str:
     return f"a:{session_id}"
 
 
+def shopper_of(user_id: str | None, session_id: str | None) -> str | None:
+    """The shopper a request is for: the user when it names one, else the anonymous session (None: neither)."""
+    if user_id is not None:
+        return user_shopper(user_id)
+    return session_shopper(session_id) if session_id is not None else None
+
+
 def event_shoppers(event: Event) -> list[str]:
     """The shoppers an event belongs to: its user, and its session when it names one."""
     keys = [user_shopper(event.user_id)] if event.user_id is not None else []

@@ -7,8 +7,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pipelines.serving.cache import CacheKey
+from pipelines.serving.live import session_shopper, user_shopper
 from pipelines.serving.schemas import JSON, encode
-from pipelines.serving.state import ServingState, session_key, similar_key, user_key
+from pipelines.serving.state import ServingState, list_key, similar_key
 
 USERS_PREFIX, SESSIONS_PREFIX, USERS_SUFFIX = "/v1/users/", "/v1/sessions/", "/recommendations"
 ITEMS_PREFIX, ITEMS_SUFFIX = "/v1/items/", "/similar"
@@ -67,8 +68,8 @@ class CachedFastPath:
         category = params.get("category")
         if exclude is None or category == "":
             return None
-        key = user_key if prefix == USERS_PREFIX else session_key
-        return key(model, ident, int(k), exclude, category)
+        shopper = user_shopper(ident) if prefix == USERS_PREFIX else session_shopper(ident)
+        return list_key(model, shopper, int(k), exclude, category)
 
 
 class BodyLimit:

@@ -1,5 +1,5 @@
-"""One Redis connection for the API's optional Redis uses (response cache, live shopper state), with the outage
-policy they share: short timeouts, no retries, and while Redis is down it is tried again only every
+"""A Redis connection for each of the API's optional Redis uses (response cache, live shopper state), with the
+outage policy they share: short timeouts, no retries, and while Redis is down it is tried again only every
 ``retry_after_s``, the outage logged once when it starts and once when it ends."""
 
 from __future__ import annotations

@@ -16,14 +16,7 @@ from fastapi import FastAPI, HTTPException
 from pipelines.core.errors import ShoprecError
 from pipelines.serving.cache import Cache, CacheKey, make_cache
 from pipelines.serving.events import Event, EventLog
-from pipelines.serving.live import (
-    LiveEvents,
-    LiveHistory,
-    event_shoppers,
-    make_live,
-    session_shopper,
-    user_shopper,
-)
+from pipelines.serving.live import LiveEvents, LiveHistory, event_shoppers, make_live
 from pipelines.serving.model import ServingModel, registry_available
 from pipelines.serving.schemas import ReloadOut
 from pipelines.serving.settings import Settings
@@ -38,14 +31,10 @@ def _field(model: ServingModel, *parts: str) -> str:
     return SEP.join((model.model_id, str(model.version), model.rules_key, *parts))
 
 
-def user_key(model: ServingModel, user_id: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
-    """Cache key of a user list: the user's group (dropped on their next event); model and rules in the field, so
-    a reload or new rules never serve old bodies."""
-    return user_shopper(user_id), _field(model, str(k), str(int(exclude_seen)), category or "")
-
-
-def session_key(model: ServingModel, session_id: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
-    return session_shopper(session_id), _field(model, str(k), str(int(exclude_seen)), category or "")
+def list_key(model: ServingModel, shopper: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
+    """Cache key of a shopper's list: the shopper's group (dropped on their next event); model and rules in the
+    field, so a reload or new rules never serve old bodies."""
+    return shopper, _field(model, str(k), str(int(exclude_seen)), category or "")
 
 
 def similar_key(model: ServingModel, item_id: str, k: int) -> CacheKey:
