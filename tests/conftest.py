@@ -31,3 +31,15 @@ def make_events(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
     frame["category_id"] = None
     frame["session_id"] = None
     return frame
+
+
+def move_python_random(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    """Make ``random.randint`` answer as if another thread had drawn ``offset`` times before.
+
+    Keras seeds a layer built without a seed from Python's global ``random``; a model whose fit depends on this
+    would change with whatever else the process (a Prefect worker, a retry's jitter) draws.
+    """
+    import random
+
+    source = random.Random(offset)
+    monkeypatch.setattr(random, "randint", source.randint)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.core.config import EVENT_WEIGHTS, LightGCNParams, with_overrides
+from pipelines.core.keras_runtime import tensorflow
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
@@ -41,14 +41,6 @@ log = logging.getLogger(__name__)
 
 SCORE_BATCH = 1024
 MAX_RESAMPLE = 10  # rounds of redrawing negatives that hit a positive; leftovers are rare and harmless
-
-
-def _tensorflow() -> Any:
-    """Import TensorFlow quietly, only when a model is trained."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class _Trainer:
     def __init__(self, adjacency: sp.csr_matrix, ego: np.ndarray, n_users: int, p: LightGCNParams):
         import keras
 
-        tf = _tensorflow()
+        tf = tensorflow()
         coo = adjacency.tocoo()
         indices = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
         self.adjacency = tf.sparse.reorder(tf.SparseTensor(indices, coo.data, adjacency.shape))
@@ -135,7 +127,7 @@ class _Trainer:
 
     def _propagate(self) -> tf.Tensor:
         """Layer mean over the graph in CSR form: on CPU its matmul is several times faster than COO's."""
-        tf = _tensorflow()
+        tf = tensorflow()
         a = self.adjacency
         # Built inside the step: a CSR matrix captured from outside loses its shape info in tf.function.
         csr = tf.raw_ops.SparseTensorToCSRSparseMatrix(indices=a.indices, values=a.values, dense_shape=a.dense_shape)
@@ -153,7 +145,7 @@ class _Trainer:
 
     def _loss(self, users: tf.Tensor, pos: tf.Tensor, neg: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
         """Edge-weighted BPR over the final embeddings + L2 (1/2 squared norm per batch row) on the ego ones."""
-        tf = _tensorflow()
+        tf = tensorflow()
         final = self._propagate()
         pos_node, neg_node = pos + self.n_users, neg + self.n_users
         u = tf.gather(final, users)
@@ -166,7 +158,7 @@ class _Trainer:
         return tf.reduce_mean(weight * bpr) + self.p.l2 * 0.5 * tf.reduce_mean(squared)
 
     def _step(self, users: tf.Tensor, pos: tf.Tensor, neg: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
-        tf = _tensorflow()
+        tf = tensorflow()
         with tf.GradientTape() as tape:
             loss = self._loss(users, pos, neg, weight)
         self.optimizer.apply_gradients([(tape.gradient(loss, self.ego), self.ego)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -18,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.core.config import SASRecParams, with_overrides
+from pipelines.core.keras_runtime import LayerSeeds, tensorflow
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Recommender, Targets
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 SCORE_BATCH = 1024
 BUCKET_POOL = 16  # training batches are formed from pools of this many batches sorted by length
 PAD = 0  # item code c is fed to the network as c + 1, so 0 can mean "no item"
-
-
-def _tensorflow() -> Any:
-    """Import TensorFlow quietly, only when a model is trained or scored."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
 
 
 def last_items(history: Interactions, max_len: int) -> np.ndarray:
@@ -65,15 +57,15 @@ def training_sequences(history: Interactions, max_len: int) -> tuple[np.ndarray,
 class _Block:
     """One pre-norm self-attention block with a point-wise feed-forward net, as in the paper."""
 
-    def __init__(self, p: SASRecParams):
+    def __init__(self, p: SASRecParams, seeds: LayerSeeds):
         from keras import layers
 
         self.attn_norm = layers.LayerNormalization(epsilon=1e-8)
-        self.attn = layers.MultiHeadAttention(p.heads, p.dim // p.heads, dropout=p.dropout)
+        self.attn = layers.MultiHeadAttention(p.heads, p.dim // p.heads, dropout=p.dropout, seed=seeds())
         self.ffn_norm = layers.LayerNormalization(epsilon=1e-8)
-        self.ffn_in = layers.Dense(p.dim, activation="relu")
-        self.ffn_out = layers.Dense(p.dim)
-        self.drop = layers.Dropout(p.dropout)
+        self.ffn_in = layers.Dense(p.dim, activation="relu", kernel_initializer=seeds.glorot())
+        self.ffn_out = layers.Dense(p.dim, kernel_initializer=seeds.glorot())
+        self.drop = layers.Dropout(p.dropout, seed=seeds())
         self.layers = [self.attn_norm, self.attn, self.ffn_norm, self.ffn_in, self.ffn_out, self.drop]
 
     def __call__(self, x: tf.Tensor, mask: tf.Tensor, keep: tf.Tensor, training: bool) -> tf.Tensor:
@@ -90,19 +82,25 @@ class _Network:
     A plain container rather than a ``keras.Model`` so that no Keras class exists at module import time.
     """
 
-    def __init__(self, n_items: int, p: SASRecParams):
+    def __init__(self, n_items: int, p: SASRecParams, seed: int):
         import keras
         from keras import layers
 
-        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        seeds = LayerSeeds(seed)
         self.p = p
-        self.item_emb = layers.Embedding(n_items + 1, p.dim, embeddings_initializer=init)
-        self.pos_emb = layers.Embedding(p.max_len, p.dim, embeddings_initializer=init)
-        self.drop = layers.Dropout(p.dropout)
-        self.blocks = [_Block(p) for _ in range(p.blocks)]
+        self.item_emb = layers.Embedding(
+            n_items + 1, p.dim, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02, seed=seeds())
+        )
+        self.pos_emb = layers.Embedding(
+            p.max_len, p.dim, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02, seed=seeds())
+        )
+        self.drop = layers.Dropout(p.dropout, seed=seeds())
+        self.blocks = [_Block(p, seeds) for _ in range(p.blocks)]
         self.final_norm = layers.LayerNormalization(epsilon=1e-8)
         self.encode(np.zeros((1, p.max_len), dtype=np.int32), training=False)  # build every layer now
-        tf = _tensorflow()
+        for block in self.blocks:
+            seeds.reseed_kernels(block.attn)
+        tf = tensorflow()
         self.score_last = tf.function(
             self._score_last, input_signature=[tf.TensorSpec([None, None], "int32")], autograph=False
         )
@@ -131,7 +129,7 @@ class _Network:
 
     def encode(self, seq: tf.Tensor, training: bool) -> tf.Tensor:
         """Hidden state (B, T, dim) at every position of left-padded sequences (B, T), T <= max_len."""
-        tf = _tensorflow()
+        tf = tensorflow()
         length = tf.shape(seq)[1]
         real = seq != PAD
         keep = tf.cast(real, "float32")[..., None]
@@ -146,11 +144,11 @@ class _Network:
 
     def _score_last(self, seq: tf.Tensor) -> tf.Tensor:
         h = self.encode(seq, training=False)[:, -1]
-        return _tensorflow().matmul(h, self.item_table(), transpose_b=True)
+        return tensorflow().matmul(h, self.item_table(), transpose_b=True)
 
     def _top_k(self, seq: tf.Tensor, seen_rows: tf.Tensor, seen_items: tf.Tensor, k: tf.Tensor) -> Any:
         """Best k items per sequence with the (row, item) pairs given set to -inf, all inside TensorFlow."""
-        tf = _tensorflow()
+        tf = tensorflow()
         logits = self._score_last(seq)
         at = tf.stack([seen_rows, seen_items], axis=1)
         logits = tf.tensor_scatter_nd_update(logits, at, tf.fill(tf.shape(seen_rows), float("-inf")))
@@ -165,7 +163,7 @@ class _Network:
         """
         import keras
 
-        tf = _tensorflow()
+        tf = tensorflow()
         optimizer = keras.optimizers.Adam(learning_rate=lr, beta_2=0.98)
         variables = self.variables
         optimizer.build(variables)
@@ -201,7 +199,7 @@ def _full_softmax(h: tf.Tensor, y: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     minus the target rows) reuses the forward exp and never builds a dense one-hot or a scattered copy of the
     logits: about 1.6x faster than ``sparse_softmax_cross_entropy_with_logits`` with autodiff on CPU.
     """
-    tf = _tensorflow()
+    tf = tensorflow()
 
     @tf.custom_gradient
     def loss(h: tf.Tensor, table: tf.Tensor) -> tuple[tf.Tensor, Any]:
@@ -231,7 +229,7 @@ def _sampled_softmax(h: tf.Tensor, y: tf.Tensor, table: tf.Tensor, negatives: tf
     The log-Q correction undoes the sampler's bias towards popular items (Bengio & Senecal 2008; Yi et al. 2019);
     a negative that happens to be the target is masked out.
     """
-    tf = _tensorflow()
+    tf = tensorflow()
     k = tf.cast(tf.shape(negatives)[0], "float32")
     pos = tf.reduce_sum(h * tf.gather(table, y), axis=-1, keepdims=True) - tf.gather(log_q, y)[:, None]
     neg = tf.matmul(h, tf.gather(table, negatives), transpose_b=True) - tf.gather(log_q, negatives)[None]
@@ -314,7 +312,7 @@ class SASRec(Recommender):
             raise ValueError(f"{self.name}: no user has two events to learn a next item from")
         valid = valid if valid is not None and len(valid[0]) else None
         self._history, self._inputs, self.n_items_ = history, None, history.n_items
-        self._net = _Network(history.n_items, p)
+        self._net = _Network(history.n_items, p, self.seed)
         kind = p.loss_for(history.n_items)
         sampler = NegativeSampler(targets, history.n_items, rng) if kind == "sampled" else None
         per_batch = p.batch_size * (targets != PAD).sum() / len(targets)
@@ -418,7 +416,7 @@ class SASRec(Recommender):
         if self._net is None:
             if self._weights is None:
                 raise RuntimeError(f"{self.name}: call fit() before scoring")
-            self._net = _Network(self.n_items_, self.params)
+            self._net = _Network(self.n_items_, self.params, self.seed)
             self._net.set_weights(self._weights)
         return self._net
 

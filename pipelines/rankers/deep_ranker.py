@@ -9,7 +9,6 @@ TensorFlow is imported inside methods: importing this module must stay cheap.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from pipelines.core.config import DeepParams, with_overrides
+from pipelines.core.keras_runtime import LayerSeeds, tensorflow
 from pipelines.rankers.base import Ranker, RankingData
 from pipelines.rankers.metrics import ndcg_at_k_grouped
 
@@ -30,14 +30,6 @@ CLIP = 5.0  # standardised features are clipped to +-CLIP so that outliers canno
 SCALER_SAMPLE = 200_000  # rows used to fit medians, means and scales (plenty for ~40 features)
 PREDICT_BATCH = 65_536
 TRANSFORM_CHUNK = 262_144  # rows per chunk when standardising, to bound temporary memory
-
-
-def _tensorflow() -> Any:
-    """Import TensorFlow quietly, only when a model is trained or scored."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
 
 
 @dataclass
@@ -101,21 +93,27 @@ class _Network:
     """
 
     def __init__(self, n_inputs: int, n_items: int, n_users: int, p: DeepParams):
-        tf = _tensorflow()
-        from keras import layers, regularizers
+        tf = tensorflow()
+        from keras import initializers, layers, regularizers
 
+        seeds = LayerSeeds(p.seed)
         l2 = regularizers.L2(p.emb_l2) if p.emb_l2 else None
-        self.item_emb = layers.Embedding(n_items + 1, p.item_dim, embeddings_regularizer=l2) if n_items else None
-        self.user_emb = layers.Embedding(n_users + 1, p.user_dim, embeddings_regularizer=l2) if n_users else None
-        self.hidden = [layers.Dense(units, activation="relu") for units in p.hidden]
-        self.drop = layers.Dropout(p.dropout)
-        self.out = layers.Dense(1)
+
+        def embedding(rows: int, dim: int) -> Any:
+            return layers.Embedding(rows, dim, embeddings_regularizer=l2,
+                                    embeddings_initializer=initializers.RandomUniform(-0.05, 0.05, seed=seeds()))
+
+        self.item_emb = embedding(n_items + 1, p.item_dim) if n_items else None
+        self.user_emb = embedding(n_users + 1, p.user_dim) if n_users else None
+        self.hidden = [layers.Dense(units, activation="relu", kernel_initializer=seeds.glorot()) for units in p.hidden]
+        self.drop = layers.Dropout(p.dropout, seed=seeds())
+        self.out = layers.Dense(1, kernel_initializer=seeds.glorot())
         self._score(np.zeros((1, n_inputs), np.float32), np.zeros(1, np.int32), np.zeros(1, np.int32), False)
         self.score = tf.function(self._score_eval, input_signature=self._row_spec(), autograph=False)
 
     @staticmethod
     def _row_spec() -> list[Any]:
-        tf = _tensorflow()
+        tf = tensorflow()
         return [tf.TensorSpec([None, None], "float32"), tf.TensorSpec([None], "int32"), tf.TensorSpec([None], "int32")]
 
     @property
@@ -132,7 +130,7 @@ class _Network:
 
     def _score(self, x: tf.Tensor, items: tf.Tensor, users: tf.Tensor, training: bool) -> tf.Tensor:
         """One logit per row from [features, item embedding, user embedding]."""
-        tf = _tensorflow()
+        tf = tensorflow()
         parts = [x]
         if self.item_emb is not None:
             parts.append(self.item_emb(items))
@@ -150,7 +148,7 @@ class _Network:
         """A compiled step(x, items, users, segment, target) -> listwise loss (fitted with the embedding L2)."""
         import keras
 
-        tf = _tensorflow()
+        tf = tensorflow()
         optimizer = keras.optimizers.Adam(learning_rate=lr)
         variables = [w for lay in self.layers for w in lay.trainable_weights]
         optimizer.build(variables)
@@ -172,7 +170,7 @@ def listwise_softmax_loss(logits: tf.Tensor, segment: tf.Tensor, target: tf.Tens
 
     ``target`` sums to 1 in every group, so each group's loss is logsumexp(logits) - sum(target * logits).
     """
-    tf = _tensorflow()
+    tf = tensorflow()
     top = tf.stop_gradient(tf.math.segment_max(logits, segment))
     lse = tf.math.log(tf.math.segment_sum(tf.exp(logits - tf.gather(top, segment)), segment)) + top
     return tf.reduce_mean(lse - tf.math.segment_sum(target * logits, segment))
@@ -217,7 +215,7 @@ class DeepRanker(Ranker):
 
     def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
         """Train in random batches of whole groups; with ``valid``, keep the epoch with the best valid NDCG."""
-        _tensorflow()
+        tensorflow()
         import keras
 
         p = self.params

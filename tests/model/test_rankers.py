@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.rankers import RANKERS, DeepRanker, Ranker, RankingData, build_ranker, ndcg_at_k_grouped
 from pipelines.rankers.deep_ranker import listwise_softmax_loss
+from tests.conftest import move_python_random
 
 N_FEATURES = 6
 GROUP_SIZE = 30
@@ -133,9 +134,13 @@ def test_listwise_loss_by_hand() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_predictions(name: str, data: dict[str, RankingData]) -> None:
+def test_same_seed_same_predictions(name: str, data: dict[str, RankingData], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also when the process's global ``random`` is somewhere else for each fit."""
     small_train, small_valid = make_data(150, seed=4), make_data(60, seed=5)
-    runs = [build_ranker(name, **PARAMS[name]).fit(small_train, small_valid).predict(data["test"]) for _ in range(2)]
+    runs = []
+    for offset in (1, 2):
+        move_python_random(monkeypatch, offset)
+        runs.append(build_ranker(name, **PARAMS[name]).fit(small_train, small_valid).predict(data["test"]))
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
