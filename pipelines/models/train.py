@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -15,6 +16,7 @@ from pipelines.core.config import TrainParams
 from pipelines.features.encode import Features, FeatureStore, load_features
 from pipelines.features.ranking import ItemInfo
 from pipelines.models import Popularity, Recommender, build_model, build_source
+from pipelines.models.content import CONTENT_FILE, ContentIndex
 from pipelines.models.two_stage import RunJobs, TwoStage
 
 EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on test targets
@@ -90,14 +92,25 @@ def run_train(
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json(tmp / "meta.json", meta)
-        pq.write_table(catalogue(features), tmp / "items.parquet")
+        items = catalogue(features)
+        pq.write_table(items, tmp / "items.parquet")
+        joblib.dump(ContentIndex.fit(items.to_pandas()), tmp / CONTENT_FILE)
     return meta
 
 
 def catalogue(features: Features) -> pa.Table:
-    """Every item the model ranks, in code order, with its category (for serving filters and explanations)."""
+    """Every item the model ranks, in code order, with its category (for serving filters and explanations) and
+    the content the data set's catalogue gives (attributes, title, brand, price: for the content index)."""
     category = pa.array(features.serving_category.to_numpy(dtype=object), pa.string(), from_pandas=True)
-    return pa.table({"item_id": features.vocab.arrow_items, "category_id": category})
+    table = pa.table({"item_id": features.vocab.arrow_items, "category_id": category})
+    if features.items is None:
+        return table
+    listed = features.items.drop_duplicates("item_id", keep="last").set_index("item_id")
+    aligned = listed.reindex(pd.Index(features.vocab.items))
+    for column in ("attributes", "title", "brand", "price"):
+        if column in aligned:
+            table = table.append_column(column, pa.array(aligned[column].to_numpy(dtype=object), from_pandas=True))
+    return table
 
 
 def load_model(model_dir: str | Path, name: str = "serving") -> Recommender:

@@ -32,6 +32,8 @@ from pipelines.serving.middleware import BodyLimit, CachedFastPath
 from pipelines.serving.model import Recommendation, ServingModel, UnknownCategory, UnknownItem
 from pipelines.serving.schemas import (
     JSON,
+    CatalogueAck,
+    CatalogueIn,
     CategoryParam,
     EventsAck,
     EventsIn,
@@ -202,7 +204,7 @@ def require_admin(request: Request,
 
 
 def _admin(app: FastAPI, state: ServingState) -> None:
-    """Token-protected writes: feedback events and model reloads."""
+    """Token-protected writes: feedback events, catalogue items and model reloads."""
     admin = [Depends(require_admin)]
 
     @app.post("/v1/events", response_model=EventsAck, dependencies=admin,
@@ -213,6 +215,14 @@ def _admin(app: FastAPI, state: ServingState) -> None:
         name = await run_in_threadpool(state.events.append, batch.events)
         live = await state.record(batch.events)
         return EventsAck(accepted=len(batch.events), batch=name, live=live)
+
+    @app.post("/v1/catalogue/items", response_model=CatalogueAck, dependencies=admin,
+              responses=error_responses(400, 401, 403, 413, 422, 503), tags=["admin"])
+    async def add_catalogue_items(batch: CatalogueIn) -> CatalogueAck:
+        """Add or update products without retraining; acknowledged once logged on disk (fsync). New products are
+        answered by ``similar``, proposed by content similarity in each list's exploration slots
+        (``SHOPREC_EXPLORE_SHARE``), and shown in category fills; ``in_stock: false`` keeps an item out of lists."""
+        return await state.add_items(batch.items)
 
     @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=admin,
               responses=error_responses(401, 403, 503), tags=["admin"])

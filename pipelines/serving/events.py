@@ -125,22 +125,28 @@ class EventLog:
         frame = pd.DataFrame(rows, columns=[f.name for f in EVENTS_SCHEMA])
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
         table = pa.Table.from_pandas(frame, schema=EVENTS_SCHEMA, preserve_index=False)
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         with self._lock:
-            if not self.directory.is_dir():
-                self.directory.mkdir(parents=True)
-                _fsync_dir(self.directory.parent)  # the new directory's own entry must be durable too
-            tmp = self.directory / f".{name}.tmp"
-            try:
-                with tmp.open("wb") as fh:
-                    pq.write_table(table, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.directory / name)
-            finally:
-                tmp.unlink(missing_ok=True)
-            _fsync_dir(self.directory)
-        return name
+            return write_batch(self.directory, table)
+
+
+def write_batch(directory: Path, table: pa.Table) -> str:
+    """Write ``table`` as a new ``part-<ns>-<id>.parquet`` of ``directory``, durably: a hidden temporary file,
+    flushed and fsynced, renamed into place, the directory fsynced. Returns the file's name."""
+    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    if not directory.is_dir():
+        directory.mkdir(parents=True)
+        _fsync_dir(directory.parent)  # the new directory's own entry must be durable too
+    tmp = directory / f".{name}.tmp"
+    try:
+        with tmp.open("wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)
+    return name
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,12 +29,14 @@ from pipelines.core.config import TrainParams
 from pipelines.core.errors import ShoprecError
 from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions, event_weight_table
-from pipelines.models.base import Ranked, Recommender
+from pipelines.models.base import RECENT_ITEMS, Ranked, Recommender
+from pipelines.models.content import CONTENT_FILE, ContentIndex, explore_positions, explore_slots
 from pipelines.models.popularity import popularity_scores
 
 log = logging.getLogger(__name__)
 
 FILL_CATEGORY, FILL_GLOBAL = "category_popularity", "popularity"
+CONTENT, NEW_ITEMS = "content", "new_items"  # content neighbours of an added product; the exploration slots
 REASONS = {
     "sasrec": "based on your recent activity",
     "lightgcn": "shoppers like you liked it",
@@ -66,17 +68,19 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class Rules:
-    """Business rules for every list: blocked (or out-of-stock) items never appear; at most N per category.
+    """Business rules for every list: blocked (or out-of-stock) items never appear; at most N per category; a
+    share of the slots for products added since training.
 
     Items without a known category are not capped, nor are lists filtered to one category (asked for by name).
     """
 
     blocked: frozenset[str] = frozenset()
     max_per_category: int | None = None
+    explore_share: float = 0.0  # of each list's slots, at most this share go to new products (see ``explore``)
 
     def fingerprint(self) -> str:
         """Short digest, part of cache keys: lists cached under other rules are never served."""
-        text = f"{self.max_per_category}|" + "\n".join(sorted(self.blocked))
+        text = f"{self.max_per_category}|{self.explore_share}|" + "\n".join(sorted(self.blocked))
         return hashlib.md5(text.encode()).hexdigest()[:8]
 
 
@@ -125,7 +129,7 @@ class ServingModel:
     """
 
     def __init__(self, model: Recommender, items: pd.DataFrame, meta: dict[str, Any], version: str | None = None,
-                 rules: Rules | None = None, model_id: str | None = None):
+                 rules: Rules | None = None, model_id: str | None = None, content: ContentIndex | None = None):
         self.model, self.meta, self.version = model, meta, version
         # identifies the trained model across copies (models/candidate, registry artifacts): precomputed lists
         # are valid exactly for the model with the same id
@@ -145,7 +149,7 @@ class ServingModel:
         self.item_category = np.asarray(cats.codes, dtype=np.int64)  # -1 unknown
         self.sources: dict[str, Recommender] = dict(model.components)
         # the model's source names come first, so the source indices of its Ranked lists index this list too
-        self.source_names = list(dict.fromkeys([*model.source_names, FILL_CATEGORY, FILL_GLOBAL]))
+        self.source_names = list(dict.fromkeys([*model.source_names, FILL_CATEGORY, FILL_GLOBAL, CONTENT, NEW_ITEMS]))
         self.source_index = {name: i for i, name in enumerate(self.source_names)}
         self.relating = {name for name, source in self.sources.items() if source.relates_items}
         # the parameters the model was trained with (meta.json); the pipeline's defaults where meta has none
@@ -159,7 +163,12 @@ class ServingModel:
         slots = np.where(self.item_category >= 0, self.item_category, len(self.categories))
         cat_total = np.bincount(slots, weights=self.popularity, minlength=len(self.categories) + 1)
         self.category_share = (self.popularity / np.maximum(cat_total[slots], 1e-9)).astype(np.float32)
-        self.allowed = ~np.isin(self.item_ids, list(self.rules.blocked))
+        # products added through the catalogue API get the codes after the model's own
+        self.n_model_items = len(self.item_ids)
+        self.content = content if content is not None else ContentIndex.fit(items)
+        self.out_of_stock: frozenset[str] = frozenset()
+        self.catalogue_key = "0"
+        self.allowed = self._allowed()
         self._category_orders: dict[int, np.ndarray] = {}
         self.store: Ranked | None = None
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -180,7 +189,9 @@ class ServingModel:
         items = (pd.read_parquet(items_file) if items_file.exists() else
                  pd.DataFrame({"item_id": model.history.vocab.items, "category_id": None}))
         meta["model_dir"] = str(directory.resolve())
-        return cls(model, items, meta, version, rules, model_id)
+        content_file = directory / CONTENT_FILE
+        content = joblib.load(content_file) if content_file.exists() else None  # older models: built here
+        return cls(model, items, meta, version, rules, model_id, content)
 
     @classmethod
     def from_registry(cls, root: str | Path = ".", ref: str = "champion", rules: Rules | None = None) -> ServingModel:
@@ -197,9 +208,55 @@ class ServingModel:
         """The same model under other business rules (a new instance: the old one keeps serving meanwhile)."""
         other = copy.copy(self)
         other.rules, other.rules_key = rules, rules.fingerprint()
-        other.allowed = ~np.isin(self.item_ids, list(rules.blocked))
+        other.allowed = other._allowed()
         return other
 
+    def _allowed(self) -> np.ndarray:
+        """bool per item code: neither blocked by the rules nor out of stock."""
+        return ~np.isin(self.item_ids, [*self.rules.blocked, *self.out_of_stock])
+
+    def with_catalogue(self, records: Sequence[Mapping[str, Any]], revision: str) -> ServingModel:
+        """The same model serving the products of ``records`` (catalogue API rows, one per item id, the newest
+        state of each): new ids get new codes, known ids their new category, content and stock. The model's own
+        lists never hold the new codes; the content index proposes them (``similar``, exploration slots).
+
+        A new instance (the old one keeps serving meanwhile); ``revision`` names the catalogue state in cache keys.
+        """
+        other = copy.copy(self)
+        if not records:
+            return other
+        ids = [str(r["item_id"]) for r in records]
+        known = self.item_index.get_indexer(ids)
+        new_ids = [i for i, code in zip(ids, known, strict=True) if code < 0]
+        other.item_ids = np.r_[self.item_ids, np.asarray(new_ids, dtype=object)]
+        other.item_index = pd.Index(other.item_ids)
+        codes = other.item_index.get_indexer(ids).astype(np.int64)
+        categories = [r.get("category_id") for r in records]
+        other.categories = np.asarray(list(dict.fromkeys([*self.categories, *(c for c in categories if c)])),
+                                      dtype=object)
+        other.category_index = pd.Index(other.categories)
+        other.item_category = np.r_[self.item_category, np.full(len(new_ids), -1, dtype=np.int64)]
+        other.item_category[codes] = [other.category_index.get_loc(c) if c else -1 for c in categories]
+        grown = len(new_ids)
+        other.popularity = np.r_[self.popularity, np.zeros(grown, dtype=np.float32)]
+        other.pop_order = np.r_[self.pop_order, np.arange(self.n_model_items, len(other.item_ids))]
+        slots = np.where(other.item_category >= 0, other.item_category, len(other.categories))
+        totals = np.bincount(slots, weights=other.popularity, minlength=len(other.categories) + 1)
+        other.category_share = (other.popularity / np.maximum(totals[slots], 1e-9)).astype(np.float32)
+        stock = {i: bool(r.get("in_stock", True)) for i, r in zip(ids, records, strict=True)}
+        other.out_of_stock = frozenset(i for i in self.out_of_stock if stock.get(i, False) is False) | {
+            i for i, available in stock.items() if not available}
+        other.content = copy.copy(self.content)
+        other.content.add(codes, records)
+        other.catalogue_key = revision
+        other.allowed = other._allowed()
+        other._category_orders = {}
+        return other
+
+    @property
+    def new_items(self) -> np.ndarray:
+        """Codes of the products added since training: what exploration slots and content neighbours propose."""
+        return np.arange(self.n_model_items, len(self.item_ids))
     def attach_store(self, store: Ranked, model_id: str) -> bool:
         """Answer known users from precomputed lists, if they were computed by this very model."""
         if model_id != self.model_id or store.items.shape[0] != self.history_.n_users:
@@ -283,6 +340,7 @@ class ServingModel:
             "users": int(self.history_.n_users),
             "items": len(self.item_ids),
             "precomputed": self.store is not None,
+            "new_items": len(self.new_items),
         }
 
     def unseen(self, events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -326,22 +384,25 @@ class ServingModel:
         seq_items, seq_events = np.r_[hist_items, sess_items], np.r_[hist_events, sess_events]
         exclude = np.unique(seq_items) if exclude_seen else np.zeros(0, dtype=np.int64)
         depth = min(len(self.item_ids), 2 * k + len(exclude) + 50)
+        own = sess_items < self.n_model_items  # products added since training are not the model's to rank
+        model_items, model_events = np.r_[hist_items, sess_items[own]], np.r_[hist_events, sess_events[own]]
 
         def parts() -> Iterator[_Part]:
             session = None
-            if len(sess_items):
-                session = self.model.rank_sequence(seq_items, seq_events, depth, exclude_seen, user)
+            if own.any():
+                session = self.model.rank_sequence(model_items, model_events, depth, exclude_seen, user)
             if session is not None:
                 yield _Part(session.items[0], session.scores[0], session.sources[0], session.related[0])
             elif user >= 0:
                 yield self._user_part(user, depth, exclude_seen)
             yield from self._fill_parts(seq_items, seq_events, cat)
 
-        return self._compose(parts(), k, exclude, cat)
+        return self._compose(parts(), k, exclude, cat, self._explore_part(seq_items[::-1][:RECENT_ITEMS], k))
 
     def similar(self, item_id: str, k: int = 20) -> list[Recommendation]:
-        """Items related to ``item_id`` by the model's first source that relates items, then its category's and
-        global bestsellers."""
+        """Items related to ``item_id`` by the model's first source that relates items (for a product added since
+        training: its content neighbours), then its category's and global bestsellers; new products similar in
+        content take the exploration slots."""
         code = self._item_code(item_id)
         if code < 0:
             raise UnknownItem(f"unknown item '{item_id}'")
@@ -349,14 +410,36 @@ class ServingModel:
 
         def parts() -> Iterator[_Part]:
             name = next((n for n in self.sources if n in self.relating), None)
-            if name is not None:
+            if code >= self.n_model_items:  # added since training: its content neighbours, old and new
+                items, strength = self.content.neighbours(self.content.item_vectors(np.array([code])), 4 * k + 50,
+                                                          exclude=[code])
+                yield _Part(items, strength, np.full(len(items), self.source_index[CONTENT]),
+                            np.full(len(items), code))
+            elif name is not None:
                 items, strength = self.sources[name].related(code)
                 yield _Part(items, strength, np.full(len(items), self.source_index[name]), np.full(len(items), code))
             if cat >= 0:
                 yield self._category_part(cat)
             yield self._global_part()
 
-        return self._compose(parts(), k, np.array([code]), None, similar=True)
+        return self._compose(parts(), k, np.array([code]), None, self._explore_part(np.array([code]), k), similar=True)
+
+    def _explore_part(self, recent: np.ndarray, k: int) -> _Part | None:
+        """The new products closest in content to ``recent`` (item codes, newest first), for the exploration slots
+        of a list of ``k``; None when the rules give them no slot, nothing was added or nothing is recent."""
+        if not explore_slots(k, self.rules.explore_share) or not len(self.new_items) or not len(recent):
+            return None
+        query = self.content.item_vectors(recent)
+        items, strength = self.content.neighbours(query, 4 * k + 50, among=self.new_items, exclude=recent)
+        anchors = self._closest(recent, items)
+        return _Part(items, strength, np.full(len(items), self.source_index[NEW_ITEMS]), anchors)
+
+    def _closest(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """For each of ``items``, the item of ``recent`` most similar to it in content (the explanation)."""
+        if not len(items):
+            return np.zeros(0, dtype=np.int64)
+        similarity = (self.content.item_vectors(items) @ self.content.item_vectors(recent).T).toarray()
+        return recent[similarity.argmax(axis=1)].astype(np.int64)
 
     def _session(self, events: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Item and event codes of the known items among ``events``, in time order (given order on ties)."""
@@ -409,15 +492,31 @@ class ServingModel:
                      np.full(len(self.pop_order), self.source_index[FILL_GLOBAL]), np.full(len(self.pop_order), -1))
 
     def _compose(self, parts: Iterator[_Part], k: int, exclude: np.ndarray, cat: int | None,
-                 similar: bool = False) -> list[Recommendation]:
-        """The first ``k`` admissible items over the parts, in order; later parts are only built when needed."""
+                 explore: _Part | None = None, similar: bool = False) -> list[Recommendation]:
+        """The first ``k`` admissible items over the parts, in order, with the exploration slots (if any) given to
+        ``explore``'s items at evenly spread ranks; later parts are only built when needed."""
         taken = np.zeros(len(self.item_ids), dtype=bool)
         taken[exclude] = True
         cap = self.rules.max_per_category if cat is None else None
         per_category = np.zeros(len(self.categories), dtype=np.int64)
+        fresh = []
+        if explore is not None:
+            fresh = self._pick(iter([explore]), explore_slots(k, self.rules.explore_share), taken, per_category, cat,
+                               cap)
+        rows = self._pick(parts, k - len(fresh), taken, per_category, cat, cap)
+        for position, row in zip(explore_positions(len(rows) + len(fresh), len(fresh)), fresh, strict=True):
+            rows.insert(position, row)
+        return [Recommendation(str(self.item_ids[item]), float(score), rank, self.source_names[src],
+                               self.reason(self.source_names[src], int(rel), int(item), similar))
+                for rank, (item, score, src, rel) in enumerate(rows, start=1)]
+
+    def _pick(self, parts: Iterator[_Part], need: int, taken: np.ndarray, per_category: np.ndarray, cat: int | None,
+              cap: int | None) -> list[tuple[Any, Any, Any, Any]]:
+        """Up to ``need`` admissible (item, score, source, related) rows from the parts in order; marks them taken."""
         picked: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        need = k
         for part in parts:
+            if need <= 0:
+                break
             chunk = max(4 * need, 256)
             for start in range(0, len(part.items), chunk):
                 items = part.items[start: start + chunk]
@@ -443,12 +542,7 @@ class ServingModel:
                 need -= len(idx)
                 if need == 0:
                     break
-            if need == 0:
-                break
-        return [Recommendation(str(self.item_ids[item]), float(score), rank, self.source_names[src],
-                               self.reason(self.source_names[src], int(rel), int(item), similar))
-                for rank, (item, score, src, rel) in enumerate(
-                    (row for block in picked for row in zip(*block, strict=True)), start=1)]
+        return [row for block in picked for row in zip(*block, strict=True)]
 
     def reason(self, source: str, related: int, item: int, similar: bool) -> str:
         """A short human text for why ``item`` is in the list."""
@@ -457,6 +551,10 @@ class ServingModel:
                 return "related to what you viewed"
             template = SIMILAR_REASONS.get(source, "related to {}") if similar else "because you viewed {}"
             return template.format(self.item_ids[related])
+        if source == NEW_ITEMS:
+            return f"new: similar to {self.item_ids[related]}" if related >= 0 else "new in the shop"
+        if source == CONTENT:
+            return f"similar to {self.item_ids[related]}"
         if source == FILL_CATEGORY:
             cat = self.item_category[item]
             return f"popular in category {self.categories[cat]}" if cat >= 0 else "popular in your categories"

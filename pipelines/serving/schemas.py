@@ -9,11 +9,13 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from pipelines.serving.catalogue import CatalogueItem
 from pipelines.serving.events import ID_PATTERN, MAX_ID_CHARS, Event, EventType, Id, Timestamp
 
 MAX_K = 200
 MAX_SESSION_EVENTS = 200
 MAX_BATCH_EVENTS = 1000
+MAX_BATCH_ITEMS = 1000
 JSON = "application/json"
 
 # URL decoding replaces invalid bytes, so path and query text is always valid Unicode: the pattern suffices
@@ -85,6 +87,19 @@ class EventsAck(BaseModel):
     live: bool = Field(description="the shoppers' next lists reflect the events (false: live state unavailable)")
 
 
+class CatalogueIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[CatalogueItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class CatalogueAck(BaseModel):
+    accepted: int = Field(description="items durably logged and served from now on")
+    added: int = Field(description="of them, ids the served catalogue did not have")
+    updated: int = Field(description="of them, ids it had (their category, content and stock replaced)")
+    batch: str = Field(description="file of the batch in the catalogue log")
+
+
 class Health(BaseModel):
     status: str
 
@@ -108,6 +123,7 @@ class ModelInfo(BaseModel):
     users: int
     items: int
     precomputed: bool = Field(description="known users are answered from the precomputed store")
+    new_items: int = Field(0, description="products added through /v1/catalogue/items since training")
     cache: dict[str, Any]
     live: dict[str, Any] = Field(description="live shopper state: backend, availability")
     rules: dict[str, Any]

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     blocked_items_file: Path | None = Field(None, description="more blocked / out-of-stock ids, one per line; "
                                                               "re-read when it changes")
     max_per_category: int | None = Field(None, ge=1, description="at most this many items of one category per list")
+    explore_share: float = Field(0.1, ge=0, le=0.5, description="share of each list's slots for products added "
+                                                                "since training (0: none)")
     reload_poll_s: float = Field(30.0, ge=0, description="how often to check the registry alias (0: never)")
     max_body_bytes: int = Field(262_144, ge=1024, description="larger request bodies get 413")
 
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise ShoprecError(f"{self.blocked_items_file}: cannot read the blocked items file ({exc})") from exc
             blocked |= {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
-        return Rules(frozenset(blocked), self.max_per_category)
+        return Rules(frozenset(blocked), self.max_per_category, self.explore_share)
 
     def rules_mtime(self) -> float | None:
         """The blocked file's modification time (None without a file): a change means new rules."""

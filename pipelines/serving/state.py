@@ -15,10 +15,11 @@ from fastapi import FastAPI, HTTPException
 
 from pipelines.core.errors import ShoprecError
 from pipelines.serving.cache import Cache, CacheKey, make_cache
+from pipelines.serving.catalogue import CatalogueItem, CatalogueLog
 from pipelines.serving.events import Event, EventLog
 from pipelines.serving.live import LiveEvents, LiveHistory, event_shoppers, make_live
 from pipelines.serving.model import ServingModel, registry_available
-from pipelines.serving.schemas import ReloadOut
+from pipelines.serving.schemas import CatalogueAck, ReloadOut
 from pipelines.serving.settings import Settings
 from pipelines.serving.store import MANIFEST_FILE, attach_store
 
@@ -28,7 +29,7 @@ SEP = "\x1f"  # cache field separator: ids cannot contain control characters
 
 
 def _field(model: ServingModel, *parts: str) -> str:
-    return SEP.join((model.model_id, str(model.version), model.rules_key, *parts))
+    return SEP.join((model.model_id, str(model.version), model.rules_key, model.catalogue_key, *parts))
 
 
 def list_key(model: ServingModel, shopper: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
@@ -49,6 +50,8 @@ class ServingState:
         self.model = model
         self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self.events = EventLog(settings.events_path)
+        self.catalogue = CatalogueLog(settings.events_path)
+        self._catalogue_applied: list[str] = []  # batches the served model holds
         self.live: LiveHistory = make_live(settings.redis_url, settings.live_max_events, settings.live_ttl_s,
                                            settings.live_max_shoppers)
         self.load_error: str | None = None
@@ -112,8 +115,36 @@ class ServingState:
         else:
             raise ShoprecError(f"nothing to serve under {s.root.resolve()}: no registry and no models/champion")
         attach_store(model, s.store_path)
+        batches = self.catalogue.batches()
+        model = model.with_catalogue(self.catalogue.read(batches), batches[-1] if batches else "0")
         model.warm_up()
+        self._catalogue_applied = batches
         return model
+
+    async def add_items(self, items: list[CatalogueItem]) -> CatalogueAck:
+        """Log the items durably, then serve a copy of the model that knows them (a new cache namespace)."""
+        async with self._reload_lock:
+            model = self.current()
+            name = await asyncio.to_thread(self.catalogue.append, items)
+            records = [item.model_dump() for item in items]
+            known = sum(model.known_item(item.item_id) for item in {i.item_id: i for i in items}.values())
+            self.model = await asyncio.to_thread(model.with_catalogue, records, name)
+            self._catalogue_applied.append(name)
+        distinct = len({item.item_id for item in items})
+        return CatalogueAck(accepted=len(items), added=distinct - known, updated=known, batch=name)
+
+    async def _catch_up_catalogue(self) -> None:
+        """Apply the batches other API processes on this root logged since this one last looked."""
+        async with self._reload_lock:
+            model = self.model
+            done = set(self._catalogue_applied)
+            fresh = [name for name in await asyncio.to_thread(self.catalogue.batches) if name not in done]
+            if model is None or not fresh:
+                return
+            records = await asyncio.to_thread(self.catalogue.read, fresh)
+            self.model = await asyncio.to_thread(model.with_catalogue, records, fresh[-1])
+            self._catalogue_applied.extend(fresh)
+            log.warning("catalogue: %d items from %d batches of other processes", len(records), len(fresh))
 
     def _registry_version(self) -> str | None:
         """The version the configured ref points at now (None when not serving from the registry).
@@ -160,6 +191,7 @@ class ServingState:
             await self.reload(force=True)
             return
         await self.reload()
+        await self._catch_up_catalogue()
         mtime = self.settings.rules_mtime()
         if mtime != self.rules_mtime:
             rules = await asyncio.to_thread(self.settings.rules)

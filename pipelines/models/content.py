@@ -1,0 +1,145 @@
+"""Content similarity of items: what proposes a product nobody has interacted with yet.
+
+Each item is a TF-IDF vector of its content tokens: its category, attributes and brand as whole tokens, and the
+words of its title. Tokens are hashed (``HashingVectorizer``), so an item added after training with a category,
+brand or word never seen before still gets a vector; inverse document frequencies come from the catalogue the
+model was trained with, and an unseen token counts as the rarest. Cosine similarity over these vectors finds an
+item's neighbours through an inverted index (token -> items), so a query touches only the items that share a
+token with it, not the whole catalogue.
+
+The trained catalogue is the ``base`` (fixed, indexed once); items added or updated later are the ``extra`` rows,
+kept apart and small, so adding products does not rebuild the index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.preprocessing import normalize
+
+N_FEATURES = 1 << 20
+CONTENT_FILE = "content.joblib"  # the index shipped in a model directory
+WORD = re.compile(r"(?u)\b\w\w+\b")
+CONTENT_COLUMNS = ("category_id", "attributes", "brand", "title")
+
+
+def content_tokens(item: Mapping[str, Any]) -> list[str]:
+    """An item's tokens: ``c:`` category, ``a:`` attributes, ``b:`` brand (whole values), ``t:`` title words."""
+    tokens = []
+    if _present(item.get("category_id")):
+        tokens.append(f"c:{item['category_id']}")
+    attributes = item.get("attributes")
+    if attributes is not None and not isinstance(attributes, float):
+        tokens.extend(f"a:{a}" for a in attributes)
+    if _present(item.get("brand")):
+        tokens.append(f"b:{item['brand']}")
+    if _present(item.get("title")):
+        tokens.extend(f"t:{w}" for w in WORD.findall(str(item["title"]).lower()))
+    return tokens
+
+
+def _as_tokens(tokens: list[str]) -> list[str]:
+    """The hasher's analyzer: documents are token lists already (a named function, so the index pickles)."""
+    return tokens
+
+
+def explore_slots(k: int, share: float) -> int:
+    """How many of a list's ``k`` slots go to new products: ``share`` of them, rounded half up."""
+    return min(k, int(share * k + 0.5)) if share > 0 else 0
+
+
+def explore_positions(length: int, n: int) -> list[int]:
+    """0-based ranks of ``n`` exploration items in a list of ``length``, spread evenly (none at the top), in the
+    order they are inserted into the list of the other items."""
+    return [int((j + 1) * length / (n + 1)) for j in range(n)]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) != ""
+
+
+class ContentIndex:
+    """Cosine neighbours of items by content; ``ContentIndex.fit(catalogue)``, then ``add`` new or changed items."""
+
+    def __init__(self, hasher: HashingVectorizer, idf: TfidfTransformer, base: sp.csr_matrix):
+        self.hasher, self.idf = hasher, idf
+        self.base = base  # (n_base, N_FEATURES) l2-normalised rows of the trained catalogue, in code order
+        self.base_index = base.T.tocsr()  # token -> base items, the inverted index queries walk
+        self.extra = sp.csr_matrix((0, N_FEATURES), dtype=np.float32)
+        self.extra_codes = np.zeros(0, dtype=np.int64)  # the item code of each extra row
+
+    @classmethod
+    def fit(cls, catalogue: pd.DataFrame) -> ContentIndex:
+        """The index of a catalogue with any of ``CONTENT_COLUMNS`` (row i is item code i)."""
+        hasher = HashingVectorizer(n_features=N_FEATURES, analyzer=_as_tokens, alternate_sign=False,
+                                   norm=None, dtype=np.float32)
+        counts = hasher.transform(_token_lists(catalogue))
+        idf = TfidfTransformer(sublinear_tf=True).fit(counts)
+        return cls(hasher, idf, cls._weigh(idf, counts))
+
+    @staticmethod
+    def _weigh(idf: TfidfTransformer, counts: sp.csr_matrix) -> sp.csr_matrix:
+        return normalize(idf.transform(counts), copy=False).astype(np.float32).tocsr()
+
+    @property
+    def n_items(self) -> int:
+        return max(self.base.shape[0], int(self.extra_codes.max(initial=-1)) + 1)
+
+    def vectors(self, items: Sequence[Mapping[str, Any]]) -> sp.csr_matrix:
+        """l2-normalised TF-IDF rows of items given as mappings of their content fields."""
+        return self._weigh(self.idf, self.hasher.transform([content_tokens(item) for item in items]))
+
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> None:
+        """Set the content of items ``codes`` (new codes, or trained items whose content changed)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        keep = ~np.isin(self.extra_codes, codes)
+        self.extra = sp.vstack([self.extra[keep], self.vectors(items)], format="csr")
+        self.extra_codes = np.r_[self.extra_codes[keep], codes]
+
+    def neighbours(self, query: sp.csr_matrix, k: int, among: np.ndarray | None = None,
+                   exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` item codes most similar to ``query`` (one row, or several rows that are summed) with their
+        cosine, best first, lower code first on ties; only codes in ``among`` when given, never ``exclude``."""
+        q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
+        if among is None or np.any(among < self.base.shape[0]):
+            base = (q @ self.base_index).tocsr()
+        else:  # only added products asked for: the trained catalogue's index is not walked
+            base = sp.csr_matrix((1, self.base.shape[0]), dtype=np.float32)
+        unchanged = ~np.isin(base.indices, self.extra_codes)  # a changed item answers with its extra row
+        extra = (self.extra @ q.T).toarray().ravel() if len(self.extra_codes) else np.zeros(0, np.float32)
+        hit = extra > 0
+        codes = np.r_[base.indices[unchanged].astype(np.int64), self.extra_codes[hit]]
+        values = np.r_[base.data[unchanged], extra[hit]].astype(np.float32)
+        keep = ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
+        if among is not None:
+            keep &= np.isin(codes, among)
+        codes, values = codes[keep], values[keep]
+        order = np.lexsort((codes, -values))[:k]
+        return codes[order], values[order]
+
+    def item_vectors(self, codes: np.ndarray) -> sp.csr_matrix:
+        """The current content rows of item ``codes`` (extra rows override base rows; unknown codes are empty)."""
+        rows = []
+        position = {int(c): i for i, c in enumerate(self.extra_codes)}
+        empty = sp.csr_matrix((1, N_FEATURES), dtype=np.float32)
+        for code in np.asarray(codes, dtype=np.int64):
+            if int(code) in position:
+                rows.append(self.extra[position[int(code)]])
+            elif 0 <= code < self.base.shape[0]:
+                rows.append(self.base[int(code)])
+            else:
+                rows.append(empty)
+        return sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, N_FEATURES), dtype=np.float32)
+
+
+def _token_lists(catalogue: pd.DataFrame) -> list[list[str]]:
+    """``content_tokens`` of every row, reading only the content columns the catalogue has."""
+    columns = [c for c in CONTENT_COLUMNS if c in catalogue]
+    return [content_tokens(dict(zip(columns, row, strict=True)))
+            for row in catalogue[columns].itertuples(index=False, name=None)]
