@@ -109,6 +109,13 @@ SERVE_PORT ?= 8000
 serve: setup
 	$(BIN)/shoprec serve --host 127.0.0.1 --port $(SERVE_PORT) --root .
 
+# Vector index benchmark (issue 14): ITEMS synthetic clustered item vectors in the IVF index of
+# pipelines/models/vector_index.py; build time, memory, single-query latency and recall@100 against exact search.
+ITEMS ?= 1000000
+.PHONY: bench-ann
+bench-ann: setup
+	$(BIN)/python -m benchmarks.ann --items $(ITEMS) --doc docs/BENCHMARKS.md
+
 # API benchmark on a trained project (BENCH_ROOT, e.g. after `make demo`): precomputes the lists, serves them from a
 # subprocess, loads it from another process; writes the results into docs/BENCHMARKS.md (API latency).
 BENCH_ROOT ?= .

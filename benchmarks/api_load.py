@@ -382,15 +382,18 @@ def markdown(result: dict[str, Any], command: str) -> str:
     ])
 
 
-def update_doc(doc: Path, body: str) -> None:
-    """Replace the text between the api-benchmark markers (append a section with them if absent)."""
+def update_doc(doc: Path, body: str, start: str = START, end: str = END, heading: str = "API latency") -> None:
+    """Replace the text between the ``start`` / ``end`` markers (append a ``heading`` section with them if absent).
+
+    The markers default to the api-benchmark ones; other benchmarks (benchmarks/ann.py) pass their own.
+    """
     text = doc.read_text() if doc.exists() else ""
-    block = f"{START}\n{body}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + f"\n\n## API latency\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
     with atomic_file(doc) as tmp:
         tmp.write_text(text)
 

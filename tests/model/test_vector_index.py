@@ -70,6 +70,17 @@ def test_large_catalogues_get_an_ivf_index_with_recall_at_50_of_at_least_095(ann
     assert ann.recall(queries, 50) >= 0.95
 
 
+def test_probing_every_list_is_exact_search(items, queries):
+    index = VectorIndex.build(items[:20_000], exact_below=0)
+    index.n_probe = 10**6  # clamped to the number of lists
+    assert index.n_probe == default_lists(20_000)
+    found, scores = index.search(queries, 40)
+    expected_items, expected_scores = top_k(queries @ items[:20_000].T, 40)
+    np.testing.assert_array_equal(found, expected_items)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)  # faiss's own kernels: the last bits may differ
+    assert index.recall(queries, 40) == 1.0
+
+
 def test_excluded_items_are_left_out_and_the_list_stays_full(ann, items, queries):
     exact = VectorIndex.build(items, exact_below=10**9)
     for index in (exact, ann):
