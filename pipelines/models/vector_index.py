@@ -1,11 +1,15 @@
 """Top-k item retrieval by inner product: exact for small catalogues, an inverted-file (IVF) index for large ones.
 
-A 4M-item catalogue scored exactly costs ~45 ms per query on one core (a 4M x 64 matrix-vector product and a
-selection), over serving's 30 ms budget; faiss's ``IndexIVFFlat`` scans only the ``n_probe`` clusters nearest to the
-query, in a few ms. IVF won the measurement against HNSW (faiss and usearch) on clustered vectors: the same recall at
-half the latency or less, a build of seconds instead of minutes, deterministic, and new vectors are added without a
-rebuild (docs/BENCHMARKS.md, "Vector index (ANN)"). Below ``exact_below`` items the index stays exact: a matrix
-product is fast there and recall is 1.
+A 4M-item catalogue scored exactly costs ~50 ms per query on one core (a 4M x 64 matrix-vector product and a
+selection), over serving's 30 ms budget. The index files the vectors under ``n_lists`` k-means clusters and scans
+only the ``n_probe`` clusters nearest to the query, comparing 4-bit product-quantised codes with SIMD (faiss's
+"fast scan", about 5x quicker per vector than float vectors), then re-scores the best ``k_factor * k`` of them exactly
+against the float vectors, so scores and order are exact among the candidates found.
+
+IVF won the measurement against HNSW (faiss and usearch) on clustered vectors: the same recall at half the latency or
+less, a build of seconds instead of minutes, deterministic, and new vectors are added without a rebuild; the fast
+scan then cut IVF's latency at 4M items ~5x at the same recall (docs/BENCHMARKS.md, "Vector index (ANN)"). Below
+``exact_below`` items the index stays exact: a matrix product is fast there and recall is 1.
 
 Item codes are int64 and need not be dense: ``build`` numbers its rows 0..n-1 and ``add`` appends any new codes.
 """
@@ -24,10 +28,13 @@ from pipelines.models.base import CELL_BUDGET, best_per_row, top_k
 EXACT_BELOW = 50_000
 QUERY_ROWS = 1024  # queries per step: bounds the score matrix, and keeps best_per_row's one-sort key in 64 bits
 MIN_POINTS_PER_LIST = 39  # faiss warns (and k-means is poor) below 39 training points per centroid
-BLOCK_VECTORS = 1 << 18  # stored vectors per exact pass over an IVF index (64 MB at 64 dimensions)
+BLOCK_VECTORS = 1 << 18  # stored vectors per step of an exact pass over the index (64 MB at 64 dimensions)
 # k-means sample per list (faiss's default is 256): on 1M clustered vectors 64 builds in 40 s instead of 110 s for
-# recall@100 0.973 instead of 0.978 at the default n_probe; the build runs at every training
+# recall@100 0.973 instead of 0.978 at the same n_probe; the build runs at every training
 TRAIN_POINTS_PER_LIST = 64
+# candidates re-scored exactly per item returned: on 1M vectors 4 caps recall@100 near 0.85 for queries between two
+# clusters, 16 reaches 0.96-0.98 for ~0.3 ms more
+K_FACTOR = 16
 
 
 def default_lists(n: int) -> int:
@@ -38,54 +45,70 @@ def default_lists(n: int) -> int:
     return lists
 
 
+def _subquantizers(dim: int) -> int:
+    """Product-quantiser parts: two dimensions each (4 bits per part: 1 byte per 4 dimensions), or one if dim is odd."""
+    return dim // 2 if dim % 2 == 0 else dim
+
+
 class VectorIndex:
     """Item vectors searchable for the k largest inner products with a query, exact or approximate (IVF)."""
 
-    def __init__(self, dim: int, codes: np.ndarray, vectors: np.ndarray | None, ivf: Any | None, n_probe: int):
+    def __init__(self, dim: int, codes: np.ndarray | None, vectors: np.ndarray | None, ann: Any | None,
+                 n_probe: int, k_factor: int):
         self.dim = dim
-        self._codes = codes  # every stored code, in insertion order (ANN: only for the duplicate check)
-        self._vectors = vectors  # exact mode: (n, dim) float32 rows of _codes; ANN mode: None (faiss holds them)
-        self._ivf = ivf
+        self._codes = codes  # exact mode: the codes of the rows of _vectors; ANN mode: None (the index maps them)
+        self._vectors = vectors  # exact mode: (n, dim) float32; ANN mode: None (faiss holds them)
+        self._ann = ann  # IndexIDMap2 over IndexRefineFlat over IndexIVFPQFastScan
+        self._ivf = None if ann is None else faiss.extract_index_ivf(ann)
         self._n_probe = n_probe
+        self._k_factor = k_factor
 
     @classmethod
     def build(cls, vectors: np.ndarray, exact_below: int = EXACT_BELOW, seed: int = 0, n_lists: int | None = None,
-              n_probe: int | None = None) -> Self:
+              n_probe: int | None = None, k_factor: int = K_FACTOR) -> Self:
         """Index rows of ``vectors`` as codes 0..n-1: exact when n < ``exact_below``, IVF otherwise.
 
-        The same vectors and seed give the same index (faiss's k-means is seeded and its result does not depend on
-        the number of threads). ``n_probe`` defaults to 1/16 of the lists: recall@100 ~0.96 on 1M clustered vectors;
-        ``tune`` fits it to real queries.
+        The same vectors and seed give the same index (the training sample and faiss's k-means are seeded, and the
+        result does not depend on the number of threads). ``n_probe`` defaults to 1/8 of the lists: recall@100
+        0.96-0.99 on 1M and 0.90-0.96 on 4M clustered vectors; ``tune`` fits it to real queries.
         """
         vectors = _matrix(vectors)
         n, dim = vectors.shape
-        codes = np.arange(n, dtype=np.int64)
         if n < exact_below:
-            return cls(dim, codes, vectors.copy(), None, 0)
+            return cls(dim, np.arange(n, dtype=np.int64), vectors.copy(), None, 0, 0)
         if n == 0:
             raise ValueError("an approximate index needs at least one vector")
         n_lists = n_lists or default_lists(n)
-        quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
-        ivf.own_fields = True  # the index frees its quantizer, also after a round trip through bytes
-        quantizer.this.disown()
-        ivf.cp.seed = seed
-        ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
-        ivf.train(vectors)
-        ivf.add_with_ids(vectors, codes)
-        return cls(dim, codes, None, ivf, n_probe or max(1, n_lists // 16))
+        ann = faiss.index_factory(dim, f"IDMap2,IVF{n_lists},PQ{_subquantizers(dim)}x4fs,RFlat",
+                                  faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(ann))
+        ivf.cp.seed = ivf.pq.cp.seed = seed
+        sample = np.random.default_rng(seed).choice(n, min(n, TRAIN_POINTS_PER_LIST * n_lists), replace=False)
+        ann.train(vectors[np.sort(sample)])
+        ann.add_with_ids(vectors, np.arange(n, dtype=np.int64))
+        return cls(dim, None, None, ann, n_probe or max(1, n_lists // 8), k_factor)
 
     @property
     def exact(self) -> bool:
-        return self._ivf is None
+        return self._ann is None
 
     def __len__(self) -> int:
-        return len(self._codes)
+        return len(self._codes) if self.exact else int(self._ann.ntotal)
 
     @property
     def n_lists(self) -> int:
         """IVF lists (k-means clusters) the vectors are filed under (0 in exact mode)."""
         return 0 if self.exact else int(self._ivf.nlist)
+
+    @property
+    def k_factor(self) -> int:
+        """Candidates re-scored exactly per item asked for (0 in exact mode)."""
+        return self._k_factor
+
+    @k_factor.setter
+    def k_factor(self, value: int) -> None:
+        if not self.exact:
+            self._k_factor = max(1, int(value))
 
     @property
     def n_probe(self) -> int:
@@ -114,8 +137,8 @@ class VectorIndex:
     def add(self, codes: np.ndarray, vectors: np.ndarray) -> None:
         """Store vectors of new items (added to the catalogue after training) under new codes.
 
-        An IVF index files each one under its nearest list without retraining; while the new items are few their
-        distribution does not matter, and the next training rebuilds the lists anyway.
+        An IVF index files each one under its nearest list and encodes it with the trained quantiser, without
+        retraining; while the new items are few their distribution does not matter, and the next training rebuilds.
         """
         codes = np.asarray(codes, dtype=np.int64).ravel()
         vectors = _matrix(vectors, self.dim)
@@ -123,13 +146,13 @@ class VectorIndex:
             raise ValueError(f"{len(codes)} codes for {len(vectors)} vectors")
         if codes.min(initial=0) < 0:
             raise ValueError("item codes must be non-negative (-1 pads the lists)")
-        if len(np.unique(codes)) != len(codes) or np.isin(codes, self._codes).any():
+        if len(np.unique(codes)) != len(codes) or np.isin(codes, self._stored_codes()).any():
             raise ValueError("codes must be new and distinct: an item's vector is stored once")
         if self.exact:
             self._vectors = np.concatenate([self._vectors, vectors])
+            self._codes = np.concatenate([self._codes, codes])
         else:
-            self._ivf.add_with_ids(vectors, codes)
-        self._codes = np.concatenate([self._codes, codes])
+            self._ann.add_with_ids(vectors, codes)
 
     def recall(self, queries: np.ndarray, k: int) -> float:
         """Mean share of each query's exact top k (by the same vectors) that ``search`` returns: 1.0 when exact."""
@@ -157,13 +180,16 @@ class VectorIndex:
             probe *= 2
 
     def _ann_candidates(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scores, items = self._ivf.search(queries, width, params=faiss.SearchParametersIVF(nprobe=self._n_probe))
+        probe = faiss.SearchParametersIVF(nprobe=self._n_probe)  # kept referenced while the search runs
+        params = faiss.IndexRefineSearchParameters(k_factor=self._k_factor, base_index_params=probe)
+        scores, items = self._ann.search(queries, width, params=params)
         rows = np.broadcast_to(np.arange(len(queries))[:, None], items.shape)
         keep = items >= 0
         return rows[keep], items[keep], scores[keep]
 
     def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top k over the stored vectors: ``search`` itself in exact mode, the IVF lists scanned in full else."""
+        """Exact top k over the stored vectors: ``search`` itself in exact mode, a full pass over the float vectors
+        the index re-scores with otherwise."""
         if self.exact:
             return self.search(queries, k)
 
@@ -178,32 +204,31 @@ class VectorIndex:
 
         return _best(queries, k, None, candidates, len(self), QUERY_ROWS)
 
+    def _stored_codes(self) -> np.ndarray:
+        if self.exact:
+            return self._codes
+        id_map = self._ann.id_map
+        return faiss.rev_swig_ptr(id_map.data(), id_map.size()) if id_map.size() else np.empty(0, dtype=np.int64)
+
     def _blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(codes, vectors) copies of the IVF lists, a group of lists (~256k vectors) at a time."""
-        lists = self._ivf.invlists
-        group: list[tuple[np.ndarray, np.ndarray]] = []
-        size = 0
-        for number in range(lists.nlist):
-            count = lists.list_size(number)
-            if count:
-                ids = faiss.rev_swig_ptr(lists.get_ids(number), count)
-                raw = faiss.rev_swig_ptr(lists.get_codes(number), count * self.dim * 4)
-                group.append((ids, raw.view(np.float32).reshape(count, self.dim)))
-                size += count
-            if group and (size >= BLOCK_VECTORS or number == lists.nlist - 1):
-                yield np.concatenate([g[0] for g in group]), np.concatenate([g[1] for g in group])
-                group, size = [], 0
+        """(codes, vectors) views of the float vectors the index re-scores with, ~256k at a time (no copies)."""
+        flat = faiss.downcast_index(faiss.downcast_index(self._ann.index).refine_index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
+        codes = self._stored_codes()
+        for start in range(0, len(codes), BLOCK_VECTORS):
+            yield codes[start:start + BLOCK_VECTORS], vectors[start:start + BLOCK_VECTORS]
 
     # -- pickling: the models are saved with joblib -----------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        ivf = None if self.exact else faiss.serialize_index(self._ivf)  # uint8 array: joblib stores it as is
-        return {"dim": self.dim, "codes": self._codes, "vectors": self._vectors, "ivf": ivf, "n_probe": self._n_probe}
+        ann = None if self.exact else faiss.serialize_index(self._ann)  # uint8 array: joblib stores it as is
+        return {"dim": self.dim, "codes": self._codes, "vectors": self._vectors, "ann": ann,
+                "n_probe": self._n_probe, "k_factor": self._k_factor}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.dim, self._codes, self._vectors = state["dim"], state["codes"], state["vectors"]
-        self._ivf = None if state["ivf"] is None else faiss.deserialize_index(state["ivf"])
-        self._n_probe = state["n_probe"]
+        ann = None if state["ann"] is None else faiss.deserialize_index(state["ann"])
+        VectorIndex.__init__(self, state["dim"], state["codes"], state["vectors"], ann, state["n_probe"],
+                             state["k_factor"])
 
 
 def overlap(found: np.ndarray, truth: np.ndarray) -> float:
