@@ -32,9 +32,10 @@ BLOCK_VECTORS = 1 << 18  # stored vectors per step of an exact pass over the ind
 # k-means sample per list (faiss's default is 256): on 1M clustered vectors 64 builds in 40 s instead of 110 s for
 # recall@100 0.973 instead of 0.978 at the same n_probe; the build runs at every training
 TRAIN_POINTS_PER_LIST = 64
-# candidates re-scored exactly per item returned: on 1M vectors 4 caps recall@100 near 0.85 for queries between two
-# clusters, 16 reaches 0.96-0.98 for ~0.3 ms more
-K_FACTOR = 16
+# candidates re-scored exactly per item asked for: the quantised scan's ranking caps recall whatever n_probe is. For
+# queries between two clusters of 4M items, recall@100 at 2,048 probes is 0.75 / 0.93 / 0.96 / 0.97 with 4 / 16 / 32 /
+# 64 (p50 4.3 / 4.8 / 5.8 / 6.7 ms); 32 lets tune() reach 0.95 without scanning a quarter of the lists
+K_FACTOR = 32
 
 
 def default_lists(n: int) -> int:
@@ -70,7 +71,7 @@ class VectorIndex:
 
         The same vectors and seed give the same index (the training sample and faiss's k-means are seeded, and the
         result does not depend on the number of threads). ``n_probe`` defaults to 1/8 of the lists: recall@100
-        0.96-0.99 on 1M and 0.90-0.96 on 4M clustered vectors; ``tune`` fits it to real queries.
+        0.97-0.99 on 1M and 0.92-0.97 on 4M clustered vectors (docs/BENCHMARKS.md); ``tune`` fits it to real queries.
         """
         vectors = _matrix(vectors)
         n, dim = vectors.shape
