@@ -87,10 +87,6 @@ class ContentIndex:
     def _weigh(idf: TfidfTransformer, counts: sp.csr_matrix) -> sp.csr_matrix:
         return normalize(idf.transform(counts), copy=False).astype(np.float32).tocsr()
 
-    @property
-    def n_items(self) -> int:
-        return max(self.base.shape[0], int(self.extra_codes.max(initial=-1)) + 1)
-
     def vectors(self, items: Sequence[Mapping[str, Any]]) -> sp.csr_matrix:
         """l2-normalised TF-IDF rows of items given as mappings of their content fields."""
         return self._weigh(self.idf, self.hasher.transform([content_tokens(item) for item in items]))

@@ -105,6 +105,13 @@ def within_group_rank(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
+def category_share(popularity: np.ndarray, item_category: np.ndarray, n_categories: int) -> np.ndarray:
+    """float32 per item: its share of its category's popularity (items of unknown category share one pool)."""
+    slots = np.where(item_category >= 0, item_category, n_categories)
+    totals = np.bincount(slots, weights=popularity, minlength=n_categories + 1)
+    return (popularity / np.maximum(totals[slots], 1e-9)).astype(np.float32)
+
+
 def registry_available(root: str | Path) -> bool:
     """Whether there is a registry to ask: ``MLFLOW_TRACKING_URI`` or the project's ``mlflow.db``."""
     return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (Path(root) / "mlflow.db").exists()
@@ -160,9 +167,7 @@ class ServingModel:
                                 params.get("popularity_half_life_days", defaults.popularity_half_life_days))
         self.popularity = np.asarray(pop, dtype=np.float32) / max(float(np.max(pop, initial=0.0)), 1e-9)
         self.pop_order = np.argsort(-self.popularity, kind="stable")
-        slots = np.where(self.item_category >= 0, self.item_category, len(self.categories))
-        cat_total = np.bincount(slots, weights=self.popularity, minlength=len(self.categories) + 1)
-        self.category_share = (self.popularity / np.maximum(cat_total[slots], 1e-9)).astype(np.float32)
+        self.category_share = category_share(self.popularity, self.item_category, len(self.categories))
         # products added through the catalogue API get the codes after the model's own
         self.n_model_items = len(self.item_ids)
         self.content = content if content is not None else ContentIndex.fit(items)
@@ -240,12 +245,9 @@ class ServingModel:
         grown = len(new_ids)
         other.popularity = np.r_[self.popularity, np.zeros(grown, dtype=np.float32)]
         other.pop_order = np.r_[self.pop_order, np.arange(self.n_model_items, len(other.item_ids))]
-        slots = np.where(other.item_category >= 0, other.item_category, len(other.categories))
-        totals = np.bincount(slots, weights=other.popularity, minlength=len(other.categories) + 1)
-        other.category_share = (other.popularity / np.maximum(totals[slots], 1e-9)).astype(np.float32)
+        other.category_share = category_share(other.popularity, other.item_category, len(other.categories))
         stock = {i: bool(r.get("in_stock", True)) for i, r in zip(ids, records, strict=True)}
-        other.out_of_stock = frozenset(i for i in self.out_of_stock if stock.get(i, False) is False) | {
-            i for i, available in stock.items() if not available}
+        other.out_of_stock = (self.out_of_stock - stock.keys()) | {i for i, available in stock.items() if not available}
         other.content = copy.copy(self.content)
         other.content.add(codes, records)
         other.catalogue_key = revision
@@ -257,6 +259,7 @@ class ServingModel:
     def new_items(self) -> np.ndarray:
         """Codes of the products added since training: what exploration slots and content neighbours propose."""
         return np.arange(self.n_model_items, len(self.item_ids))
+
     def attach_store(self, store: Ranked, model_id: str) -> bool:
         """Answer known users from precomputed lists, if they were computed by this very model."""
         if model_id != self.model_id or store.items.shape[0] != self.history_.n_users:
@@ -431,15 +434,11 @@ class ServingModel:
             return None
         query = self.content.item_vectors(recent)
         items, strength = self.content.neighbours(query, 4 * k + 50, among=self.new_items, exclude=recent)
-        anchors = self._closest(recent, items)
+        anchors = np.zeros(0, dtype=np.int64)
+        if len(items):  # the explanation: the recent item closest in content to each proposed one
+            similarity = (self.content.item_vectors(items) @ query.T).toarray()
+            anchors = recent[similarity.argmax(axis=1)].astype(np.int64)
         return _Part(items, strength, np.full(len(items), self.source_index[NEW_ITEMS]), anchors)
-
-    def _closest(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """For each of ``items``, the item of ``recent`` most similar to it in content (the explanation)."""
-        if not len(items):
-            return np.zeros(0, dtype=np.int64)
-        similarity = (self.content.item_vectors(items) @ self.content.item_vectors(recent).T).toarray()
-        return recent[similarity.argmax(axis=1)].astype(np.int64)
 
     def _session(self, events: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Item and event codes of the known items among ``events``, in time order (given order on ties)."""
