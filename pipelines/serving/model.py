@@ -221,15 +221,17 @@ class ServingModel:
         return ~np.isin(self.item_ids, [*self.rules.blocked, *self.out_of_stock])
 
     def with_catalogue(self, records: Sequence[Mapping[str, Any]], revision: str) -> ServingModel:
-        """The same model serving the products of ``records`` (catalogue API rows, one per item id, the newest
-        state of each): new ids get new codes, known ids their new category, content and stock. The model's own
-        lists never hold the new codes; the content index proposes them (``similar``, exploration slots).
+        """The same model serving the products of ``records`` (catalogue API rows in the order sent; of an id sent
+        more than once, the last row counts): new ids get new codes, known ids their new category, content and
+        stock. The model's own lists never hold the new codes; the content index proposes them (``similar``,
+        exploration slots).
 
         A new instance (the old one keeps serving meanwhile); ``revision`` names the catalogue state in cache keys.
         """
         other = copy.copy(self)
         if not records:
             return other
+        records = list({str(r["item_id"]): r for r in records}.values())  # an id sent twice: the later row wins
         ids = [str(r["item_id"]) for r in records]
         known = self.item_index.get_indexer(ids)
         new_ids = [i for i, code in zip(ids, known, strict=True) if code < 0]

@@ -87,6 +87,19 @@ def test_out_of_stock_items_leave_lists_until_back(served: ServingModel, tmp_pat
         assert items_of(client.get(f"/v1/users/{user}/recommendations?k=10"))[0][0] == top
 
 
+def test_an_id_sent_twice_in_one_batch_keeps_its_last_row(served: ServingModel, tmp_path: Path):
+    first = {"item_id": "NEW-1", "category_id": "c-a", "title": "first"}
+    with TestClient(create_app(settings(tmp_path), served)) as client:
+        ack = client.post("/v1/catalogue/items", headers=AUTH,
+                          json={"items": [first, first | {"category_id": "c-b", "in_stock": False}]})
+        assert ack.status_code == 200, ack.text
+        assert (ack.json()["accepted"], ack.json()["added"]) == (2, 1)
+        assert client.get("/v1/model").json()["new_items"] == 1
+        model = client.app.state.serving.model
+    assert model.categories[model.item_category[model.item_index.get_loc("NEW-1")]] == "c-b"
+    assert "NEW-1" in model.out_of_stock
+
+
 @pytest.mark.parametrize("body", [
     {"items": []},
     {"items": [{"item_id": "x"}]},  # no category
