@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,14 +112,10 @@ async def _recommend(model: ServingModel, scoring: bool, *args: Any) -> list[Rec
     return await run_in_threadpool(model.recommend, *args) if scoring else model.recommend(*args)
 
 
-def _items(recs: list[Recommendation]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in recs]
-
-
 def _recommendations_body(model: ServingModel, user_id: str | None, session_id: str | None, known: bool,
                           recs: list[Recommendation]) -> bytes:
     return encode({"user_id": user_id, "session_id": session_id, "known_user": known, "model_version": model.version,
-                   "items": _items(recs)})
+                   "items": recs})
 
 
 async def _shopper_list(state: ServingState, model: ServingModel, shopper: str, user_id: str | None,
@@ -187,7 +182,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
         body = await state.cache.get(key)
         if body is None:
             body = encode({"item_id": item_id, "model_version": model.version,
-                           "items": _items(model.similar(item_id, k))})
+                           "items": model.similar(item_id, k)})
             await state.cache.set(key, body)
         return Response(body, media_type=JSON)
 

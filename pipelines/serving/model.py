@@ -55,7 +55,7 @@ class UnknownCategory(ShoprecError):
     """The category id is not in the served model's catalogue."""
 
 
-@dataclass(frozen=True)
+@dataclass  # plain: frozen makes __init__ 3x slower, slots make orjson 4x slower (a list holds up to 200)
 class Recommendation:
     """One recommended item; ``score`` is its generator's score, comparable only within one ``source``."""
 
@@ -386,11 +386,12 @@ class ServingModel:
         user = self._user_code(user_id)
         hist_items, hist_events = self._user_events(user)
         sess_items, sess_events = self._session(recent_events or [])
-        seq_items, seq_events = np.r_[hist_items, sess_items], np.r_[hist_events, sess_events]
+        seq_items, seq_events = np.concatenate([hist_items, sess_items]), np.concatenate([hist_events, sess_events])
         exclude = np.unique(seq_items) if exclude_seen else np.zeros(0, dtype=np.int64)
         depth = min(len(self.item_ids), 2 * k + len(exclude) + 50)
         own = sess_items < self.n_model_items  # products added since training are not the model's to rank
-        model_items, model_events = np.r_[hist_items, sess_items[own]], np.r_[hist_events, sess_events[own]]
+        model_items = np.concatenate([hist_items, sess_items[own]])
+        model_events = np.concatenate([hist_events, sess_events[own]])
 
         def parts() -> Iterator[_Part]:
             session = None
@@ -469,22 +470,29 @@ class ServingModel:
             yield self._category_part(cat)
             return
         known = self.item_category[seq_items] >= 0 if len(seq_items) else np.zeros(0, dtype=bool)
-        if known.any():
-            affinity = np.bincount(self.item_category[seq_items[known]], minlength=len(self.categories),
-                                   weights=self._event_weight[seq_events[known]])
-            scores = np.where(self.item_category >= 0, affinity[np.maximum(self.item_category, 0)], 0.0)
-            scores = scores * self.category_share
-            items = np.argsort(-scores, kind="stable")
-            items = items[scores[items] > 0]
-            yield _Part(items, scores[items].astype(np.float32), np.full(len(items), self.source_index[FILL_CATEGORY]),
+        affinity = np.bincount(self.item_category[seq_items[known]], minlength=len(self.categories),
+                               weights=self._event_weight[seq_events[known]])
+        liked = np.flatnonzero(affinity > 0)
+        if len(liked):  # only the items of the shopper's categories, each category's in popularity order already
+            items = np.concatenate([self._category_order(c) for c in liked])
+            scores = affinity[self.item_category[items]] * self.category_share[items]
+            order = np.lexsort((items, -scores))  # best first, ties by item code
+            keep = order[scores[order] > 0]
+            items, scores = items[keep], scores[keep]
+            yield _Part(items, scores.astype(np.float32), np.full(len(items), self.source_index[FILL_CATEGORY]),
                         np.full(len(items), -1))
         yield self._global_part()
 
-    def _category_part(self, cat: int) -> _Part:
+    def _category_order(self, cat: int) -> np.ndarray:
+        """The category's items, most popular first (built on first use, then kept)."""
         order = self._category_orders.get(cat)
         if order is None:
             order = self.pop_order[self.item_category[self.pop_order] == cat]
             self._category_orders[cat] = order
+        return order
+
+    def _category_part(self, cat: int) -> _Part:
+        order = self._category_order(cat)
         return _Part(order, self.popularity[order], np.full(len(order), self.source_index[FILL_CATEGORY]),
                      np.full(len(order), -1))
 
@@ -507,14 +515,14 @@ class ServingModel:
         rows = self._pick(parts, k - len(fresh), taken, per_category, cat, cap)
         for position, row in zip(explore_positions(len(rows) + len(fresh), len(fresh)), fresh, strict=True):
             rows.insert(position, row)
-        return [Recommendation(str(self.item_ids[item]), float(score), rank, self.source_names[src],
-                               self.reason(self.source_names[src], int(rel), int(item), similar))
+        return [Recommendation(self.item_ids[item], score, rank, self.source_names[src],
+                               self.reason(self.source_names[src], rel, item, similar))
                 for rank, (item, score, src, rel) in enumerate(rows, start=1)]
 
     def _pick(self, parts: Iterator[_Part], need: int, taken: np.ndarray, per_category: np.ndarray, cat: int | None,
               cap: int | None) -> list[tuple[Any, Any, Any, Any]]:
         """Up to ``need`` admissible (item, score, source, related) rows from the parts in order; marks them taken."""
-        picked: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        picked: list[tuple[list[int], list[float], list[int], list[int]]] = []
         for part in parts:
             if need <= 0:
                 break
@@ -538,8 +546,9 @@ class ServingModel:
                 if cap is not None:
                     cats = self.item_category[chosen]
                     np.add.at(per_category, cats[cats >= 0], 1)
-                i = start + idx
-                picked.append((chosen, part.scores[i], part.sources[i], part.related[i]))
+                i = start + idx  # Python scalars: building the response from numpy scalars costs twice as much
+                picked.append((chosen.tolist(), part.scores[i].tolist(), part.sources[i].tolist(),
+                               part.related[i].tolist()))
                 need -= len(idx)
                 if need == 0:
                     break
