@@ -16,6 +16,7 @@ from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.lightgcn import LightGCN
 from pipelines.models.retrieval import RECALL_K, VectorRecommender
 from pipelines.models.sasrec import SASRec
+from pipelines.models.two_stage import TwoStage
 from pipelines.models.vector_index import overlap
 from tests.conftest import make_events
 
@@ -99,6 +100,11 @@ def test_pair_scores_stay_exact(model: VectorRecommender):
     rows, items = rng.integers(N_USERS, size=2_000), rng.integers(N_ITEMS, size=2_000)
     dense = exact_twin(model).score(np.arange(N_USERS))[rows, items]
     np.testing.assert_allclose(model.score_pairs(rows, items), dense, rtol=1e-4, atol=1e-4)
+
+
+def test_two_stage_report_carries_the_sources_index_recall(model: VectorRecommender):
+    two_stage = TwoStage({model.name: model}, {}, info=None)  # type: ignore[arg-type]
+    assert two_stage.report == {"sources": {model.name: model.report}}
 
 
 def test_pickled_model_keeps_its_index_and_lists(model: VectorRecommender, tmp_path):
