@@ -266,6 +266,8 @@ class EvaluateParams(_Section):
     # evaluated users (null: all of them); the served list is always scored on every evaluated user
     max_component_users: int | None = Field(None, ge=10)
     seed: int = 0
+    # the new-item slice's exploration lists give this share of their slots to new items (serving's default)
+    explore_share: float = Field(0.1, ge=0, le=0.5)
 
 
 class GateParams(_Section):
