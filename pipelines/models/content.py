@@ -27,6 +27,7 @@ N_FEATURES = 1 << 20
 CONTENT_FILE = "content.joblib"  # the index shipped in a model directory
 WORD = re.compile(r"(?u)\b\w\w+\b")
 CONTENT_COLUMNS = ("category_id", "attributes", "brand", "title")
+DIRECT_MAX = 2048  # candidate sets up to this size are scored row by row instead of through the inverted index
 T = TypeVar("T")
 
 
@@ -130,6 +131,13 @@ class ContentIndex:
         """The ``k`` item codes most similar to ``query`` (one row, or several rows that are summed) with their
         cosine, best first, lower code first on ties; only codes in ``among`` when given, never ``exclude``."""
         q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
+        if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
+            codes = np.unique(np.asarray(among, dtype=np.int64))
+            values = (self.item_vectors(codes) @ q.T).toarray().ravel().astype(np.float32)
+            keep = (values > 0) & ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
+            codes, values = codes[keep], values[keep]
+            order = np.lexsort((codes, -values))[:k]
+            return codes[order], values[order]
         if among is None or np.any(among < self.base.shape[0]):
             base = (q @ self.base_index).tocsr()
         else:  # only added products asked for: the trained catalogue's index is not walked
