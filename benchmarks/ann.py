@@ -14,11 +14,18 @@ Two query sets: "one interest" (a fresh draw around one random centre, like an i
 interests" (the normalised sum of draws around two random centres: a user between two clusters, whose best items
 lie scattered over both and over the rest of the catalogue, the harder case for any index).
 Results go to stdout as JSON and between the ann-benchmark markers of ``--doc``.
+
+``--model lightgcn`` (or ``sasrec``) measures a trained model instead (``python -m benchmarks.ann --model lightgcn
+--items 100000 --doc docs/BENCHMARKS.md``): the model is fitted on a synthetic log over N items (users walk within
+one or two clusters of consecutive codes) with the index threshold at its default, and its index lists
+(``recommend``, seen items excluded) are compared with the same model's exact lists: recall@100, and the time per user
+in batches of 1,024 and one user per call. Its results go between the ann-model-benchmark markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -34,10 +41,18 @@ import faiss
 import numpy as np
 
 from benchmarks.api_load import update_doc
+from pipelines.core.config import LightGCNParams, SASRecParams
+from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.base import CELL_BUDGET, top_k
+from pipelines.models.lightgcn import LightGCN
+from pipelines.models.retrieval import VectorRecommender
+from pipelines.models.sasrec import SASRec
 from pipelines.models.vector_index import TRAIN_POINTS_PER_LIST, VectorIndex, overlap
 
 START, END = "<!-- ann-benchmark:start -->", "<!-- ann-benchmark:end -->"
+MODEL_START, MODEL_END = "<!-- ann-model-benchmark:start -->", "<!-- ann-model-benchmark:end -->"
+EVENTS_PER_USER = 10
+MODEL_CLUSTER = 100  # consecutive item codes a user walks in
 HEADING = "Vector index (ANN)"
 ITEMS_PER_CLUSTER = 250
 NOISE = 1.0  # norm of the noise relative to the centre's: item-to-centre cosine 1 / sqrt(2)
@@ -197,6 +212,102 @@ def markdown(r: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def walks(n_items: int, n_users: int, seed: int) -> Interactions:
+    """Each user views EVENTS_PER_USER items, alternating between one or two random clusters of MODEL_CLUSTER codes."""
+    rng = np.random.default_rng(seed)
+    n_clusters = max(1, n_items // MODEL_CLUSTER)
+    clusters = rng.integers(0, n_clusters, (n_users, 2))
+    one = rng.random(n_users) < 0.5
+    clusters[one, 1] = clusters[one, 0]  # half the users keep to one cluster
+    steps = np.arange(EVENTS_PER_USER)
+    cluster = np.where(steps % 2 == 0, clusters[:, :1], clusters[:, 1:])
+    items = np.minimum(cluster * MODEL_CLUSTER + rng.integers(0, MODEL_CLUSTER, cluster.shape), n_items - 1)
+    vocab = Vocab(users=np.array([f"u{u}" for u in range(n_users)], dtype=object),
+                  items=np.array([f"i{i}" for i in range(n_items)], dtype=object))
+    return Interactions(vocab, np.repeat(np.arange(n_users, dtype=np.int32), EVENTS_PER_USER),
+                        items.ravel().astype(np.int32), np.zeros(items.size, dtype=np.int8),
+                        np.tile(steps.astype(np.int64), n_users))
+
+
+def fit_model(name: str, history: Interactions, seed: int, budget_s: float) -> VectorRecommender:
+    """The model with its shipped hyper-parameters but ``budget_s`` of training and no validation targets."""
+    if name == "sasrec":
+        return SASRec(SASRecParams(time_budget_s=budget_s, max_epochs=1000), seed=seed).fit(history)
+    return LightGCN(LightGCNParams(time_budget_s=budget_s, max_epochs=1000), seed=seed).fit(history)
+
+
+def per_user(model: VectorRecommender, users: np.ndarray, k: int, single: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Lists of ``users`` in one ``recommend`` call, its ms per user, and single-user calls' p50 / p99 ms with
+    faiss's default OpenMP threads and with one (after TensorFlow's training its threads contend with faiss's)."""
+    model.recommend(users[:1], k)  # warm (TF traces its functions on first use)
+    t = time.perf_counter()
+    lists, _ = model.recommend(users, k)
+    batched = (time.perf_counter() - t) * 1e3 / len(users)
+    threads = faiss.omp_get_max_threads()
+    single_lat = {}
+    for n_threads in (threads, 1):
+        faiss.omp_set_num_threads(n_threads)
+        single_lat[n_threads] = latency(lambda u, n: model.recommend(u, n), users[:single], k)[1]
+    faiss.omp_set_num_threads(threads)
+    return lists, {"batched_ms_per_user": round(batched, 3), "single": single_lat}
+
+
+def run_model(name: str, n_items: int, seed: int, budget_s: float, n_users: int, k: int = 100) -> dict[str, Any]:
+    load = [round(x, 2) for x in os.getloadavg()]
+    history = walks(n_items, n_items // 2, seed)
+    t = time.perf_counter()
+    model = fit_model(name, history, seed, budget_s)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    model.index_items(model.params.ann_min_items)  # the build and tuning fit ran, timed alone (same result)
+    index_s = time.perf_counter() - t
+    exact = copy.copy(model)
+    exact.index_ = None  # what a catalogue below the threshold gets: the same vectors, scored exactly
+    users = np.sort(np.random.default_rng(seed + 1).choice(history.n_users, n_users, replace=False))
+    found, ann_time = per_user(model, users, k, single=200)
+    truth, exact_time = per_user(exact, users, k, single=200)
+    seen = history.seen[np.repeat(users, k), found.ravel()]
+    return {
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(), "load_at_start": load,
+        "load_at_end": [round(x, 2) for x in os.getloadavg()], "faiss": faiss.__version__, "model": name,
+        "items": n_items, "users": history.n_users, "events": len(history.item), "seed": seed,
+        "train_budget_s": budget_s, "fit_s": round(fit_s, 1), "index_s": round(index_s, 1),
+        "epochs": len(model.history_), "ann": model.report["ann"], "k": k, "measured_users": n_users,
+        f"list_recall@{k}": round(overlap(found, truth), 4), "seen_listed": int(np.asarray(seen).sum()),
+        "ann_time": ann_time, "exact_time": exact_time,
+    }
+
+
+def model_markdown(r: dict[str, Any], command: str) -> str:
+    ann, k = r["ann"], r["k"]
+    a, e = r["ann_time"], r["exact_time"]
+    return "\n".join([
+        f"Run {r['at']} on {r['cpus']} cores (load average {r['load_at_start'][0]} at start, {r['load_at_end'][0]} at "
+        f"end: other work on the machine counts), faiss {r['faiss']}: {r['model']} fitted for "
+        f"{r['train_budget_s']:.0f} s ({r['epochs']} evaluations or epochs, fit {r['fit_s']} s in all) on a "
+        f"synthetic log of {r['users']:,} users x {r['events'] // r['users']} views over "
+        f"{r['items']:,} items, seed {r['seed']}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Index of the item vectors (built and tuned in {r['index_s']} s): {ann['n_lists']:,} lists, n_probe tuned to "
+        f"{ann['n_probe']} (recall@100 {ann['tuning_recall@100']} on 512 users' vectors), recorded recall@100 "
+        f"{ann['recall@100']} on 512 others.",
+        "",
+        f"`recommend(users, {k})` of {r['measured_users']:,} other users, seen items excluded: the index lists hold "
+        f"{r[f'list_recall@{k}']:.4f} of the exact lists' items ({r['seen_listed']} seen items listed).",
+        "",
+        "| path | ms per user, batch of all | one user per call, p50 / p99 ms (200 users), by faiss threads |",
+        "| --- | --- | --- |",
+        f"| index | {a['batched_ms_per_user']} | {_single(a)} |",
+        f"| exact | {e['batched_ms_per_user']} | {_single(e)} (faiss unused) |",
+    ])
+
+
+def _single(timing: dict[str, Any]) -> str:
+    return ", ".join(f"{n}: {lat['p50_ms']} / {lat['p99_ms']}" for n, lat in timing["single"].items())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -205,8 +316,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exact-queries", type=int, default=200, help="single queries timed for exact search")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--doc", default=None, help="markdown file with the ann-benchmark markers")
+    parser.add_argument("--model", choices=["sasrec", "lightgcn"], default=None,
+                        help="measure this model's index lists against its exact lists instead")
+    parser.add_argument("--train-seconds", type=float, default=120.0, help="--model: training budget")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.ann " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.model is not None:
+        result = run_model(args.model, args.items, args.seed, args.train_seconds, args.queries) | {"command": command}
+        print(json.dumps(result, indent=2))
+        if args.doc is not None:
+            update_doc(Path(args.doc), model_markdown(result, command), MODEL_START, MODEL_END, HEADING)
+        return
     result = run(args.items, args.dim, args.queries, args.seed, args.exact_queries) | {"command": command}
     print(json.dumps(result, indent=2))
     if args.doc is not None:

@@ -102,6 +102,8 @@ class SASRecParams(_Hyper):
     # items that is at most ~0.5 GB with its gradient. Larger catalogues switch to the sampled softmax.
     full_softmax_max_items: int = Field(20_000, ge=1)
     time_budget_s: float | None = Field(240.0, ge=0)  # no epoch starts that would end past it (the first always runs)
+    # from this many items top lists come from an approximate index of the item vectors (pipelines/models/retrieval.py)
+    ann_min_items: int = Field(50_000, ge=1)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> Self:
@@ -134,6 +136,7 @@ class LightGCNParams(_Hyper):
     eval_every: int = Field(5, ge=1)
     init_std: float = Field(0.1, gt=0)
     time_budget_s: float | None = Field(90.0, ge=0)
+    ann_min_items: int = Field(50_000, ge=1)  # as SASRec's: from this many items, top lists come from an ANN index
 
 
 class DeepParams(_Hyper):
@@ -263,6 +266,8 @@ class EvaluateParams(_Section):
     # evaluated users (null: all of them); the served list is always scored on every evaluated user
     max_component_users: int | None = Field(None, ge=10)
     seed: int = 0
+    # the new-item slice's exploration lists give this share of their slots to new items (serving's default)
+    explore_share: float = Field(0.1, ge=0, le=0.5)
 
 
 class GateParams(_Section):

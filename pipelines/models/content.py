@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,8 @@ N_FEATURES = 1 << 20
 CONTENT_FILE = "content.joblib"  # the index shipped in a model directory
 WORD = re.compile(r"(?u)\b\w\w+\b")
 CONTENT_COLUMNS = ("category_id", "attributes", "brand", "title")
+DIRECT_MAX = 2048  # candidate sets up to this size are scored row by row instead of through the inverted index
+T = TypeVar("T")
 
 
 def content_tokens(item: Mapping[str, Any]) -> list[str]:
@@ -58,6 +60,32 @@ def explore_positions(length: int, n: int) -> list[int]:
     """0-based ranks of ``n`` exploration items in a list of ``length``, spread evenly (none at the top), in the
     order they are inserted into the list of the other items."""
     return [int((j + 1) * length / (n + 1)) for j in range(n)]
+
+
+def closest_new(content: ContentIndex, query: sp.csr_matrix, recent: np.ndarray, new_items: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exploration candidates of a list of ``k``: the new items closest in content to ``query`` (the content
+    rows of ``recent``, the user's recent item codes), best first with their cosine, never one of ``recent``.
+    Serving and the evaluation's new-item slice both take their exploration items from here."""
+    return content.neighbours(query, 4 * k + 50, among=new_items, exclude=recent)
+
+
+def interleave(rows: list[T], fresh: list[T]) -> list[T]:
+    """``rows`` with the exploration items ``fresh`` inserted at their ``explore_positions``."""
+    out = list(rows)
+    for position, row in zip(explore_positions(len(out) + len(fresh), len(fresh)), fresh, strict=True):
+        out.insert(position, row)
+    return out
+
+
+def explore_list(plain: np.ndarray, candidates: np.ndarray, k: int, share: float) -> np.ndarray:
+    """A list of ``k`` as the API serves it with exploration: ``explore_slots(k, share)`` of the ``candidates``
+    (from ``closest_new``) at their positions among the first items of ``plain`` (a model's list, -1 padded)
+    that are not one of them; -1 padded to ``k``."""
+    fresh = [int(i) for i in candidates[: explore_slots(k, share)]]
+    rows = [int(i) for i in plain if i >= 0 and int(i) not in fresh][: k - len(fresh)]
+    listed = interleave(rows, fresh)
+    return np.array(listed + [-1] * (k - len(listed)), dtype=np.int64)
 
 
 def _present(value: Any) -> bool:
@@ -103,6 +131,13 @@ class ContentIndex:
         """The ``k`` item codes most similar to ``query`` (one row, or several rows that are summed) with their
         cosine, best first, lower code first on ties; only codes in ``among`` when given, never ``exclude``."""
         q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
+        if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
+            codes = np.unique(np.asarray(among, dtype=np.int64))
+            values = (self.item_vectors(codes) @ q.T).toarray().ravel().astype(np.float32)
+            keep = (values > 0) & ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
+            codes, values = codes[keep], values[keep]
+            order = np.lexsort((codes, -values))[:k]
+            return codes[order], values[order]
         if among is None or np.any(among < self.base.shape[0]):
             base = (q @ self.base_index).tocsr()
         else:  # only added products asked for: the trained catalogue's index is not walked

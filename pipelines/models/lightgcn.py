@@ -32,7 +32,8 @@ from pipelines.core.config import EVENT_WEIGHTS, LightGCNParams, with_overrides
 from pipelines.core.keras_runtime import tensorflow
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Recommender, Targets
+from pipelines.models.base import Targets
+from pipelines.models.retrieval import VectorRecommender
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -189,7 +190,7 @@ class _Budget:
         return self.elapsed() + self.slowest["epoch"] + self.slowest["evaluation"] <= self.seconds
 
 
-class LightGCN(Recommender):
+class LightGCN(VectorRecommender):
     """Graph-smoothed matrix factorisation; ``LightGCN(dim=32)`` or ``LightGCN(LightGCNParams(...))``.
 
     After ``fit``: ``history_`` (one row per evaluation: epoch, mean loss since the previous row, valid ndcg@10,
@@ -233,6 +234,7 @@ class LightGCN(Recommender):
         log.info("lightgcn: %d users, %d items, %d edges", history.n_users, history.n_items, len(edges))
         self.ego_ = self._train(trainer, edges, adjacency, valid, rng, budget)
         self._embed(adjacency, self.ego_)
+        self.index_items(p.ann_min_items)
         return self
 
     def _train(
@@ -287,10 +289,12 @@ class LightGCN(Recommender):
         log.info("lightgcn epoch %d: loss %.4f valid ndcg@10 %.4f (%.0f s)", epoch, loss, ndcg, seconds)
 
     def _embed(self, adjacency: sp.csr_matrix, ego: np.ndarray) -> None:
-        """Propagate ``ego`` over ``adjacency`` into the user and item tables used for scoring."""
+        """Propagate ``ego`` over ``adjacency`` into the user and item tables used for scoring; any item index is
+        stale then, so it is dropped (validation during training scores exactly)."""
         final = propagate(adjacency, ego, self.params.layers)
         n_users = self.history.n_users
         self.user_emb_, self.item_emb_ = final[:n_users], final[n_users:]
+        self.index_, self.ann_ = None, None
 
     def attach(self, part: Interactions) -> Self:
         """The embeddings propagated over the whole history score the part's users; the part says what they saw."""
@@ -308,6 +312,7 @@ class LightGCN(Recommender):
         self._history = history
         edges = Edges.from_history(history, self.event_weights)
         self._embed(normalized_adjacency(edges, history.n_users, history.n_items), ego)
+        self.index_items(self.params.ann_min_items)
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
@@ -319,3 +324,13 @@ class LightGCN(Recommender):
         for begin in range(0, len(users), SCORE_BATCH):
             out[begin: begin + SCORE_BATCH] = self.user_emb_[users[begin: begin + SCORE_BATCH]] @ self.item_emb_.T
         return out
+
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        if self.user_emb_ is None:
+            raise RuntimeError(f"{self.name}: call fit() before scoring")
+        return self.user_emb_[np.asarray(users, dtype=np.int64)]
+
+    def item_vectors(self) -> np.ndarray:
+        if self.item_emb_ is None:
+            raise RuntimeError(f"{self.name}: call fit() before scoring")
+        return self.item_emb_

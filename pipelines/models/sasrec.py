@@ -20,7 +20,8 @@ from pipelines.core.config import SASRecParams, with_overrides
 from pipelines.core.keras_runtime import LayerSeeds, tensorflow
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Recommender, Targets
+from pipelines.models.base import Ranked, Targets, sequence_recent
+from pipelines.models.retrieval import VectorRecommender
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -104,6 +105,9 @@ class _Network:
         self.score_last = tf.function(
             self._score_last, input_signature=[tf.TensorSpec([None, None], "int32")], autograph=False
         )
+        self.last_state = tf.function(
+            self._last_state, input_signature=[tf.TensorSpec([None, None], "int32")], autograph=False
+        )
         self.top_k = tf.function(
             self._top_k,
             input_signature=[tf.TensorSpec([None, None], "int32")] + [tf.TensorSpec([None], "int32")] * 2
@@ -142,9 +146,12 @@ class _Network:
             x = block(x, mask, keep, training)
         return self.final_norm(x)
 
+    def _last_state(self, seq: tf.Tensor) -> tf.Tensor:
+        """The user's vector: the hidden state after the last item, whose product with the item table scores."""
+        return self.encode(seq, training=False)[:, -1]
+
     def _score_last(self, seq: tf.Tensor) -> tf.Tensor:
-        h = self.encode(seq, training=False)[:, -1]
-        return tensorflow().matmul(h, self.item_table(), transpose_b=True)
+        return tensorflow().matmul(self._last_state(seq), self.item_table(), transpose_b=True)
 
     def _top_k(self, seq: tf.Tensor, seen_rows: tf.Tensor, seen_items: tf.Tensor, k: tf.Tensor) -> Any:
         """Best k items per sequence with the (row, item) pairs given set to -inf, all inside TensorFlow."""
@@ -278,7 +285,7 @@ class NegativeSampler:
         return np.minimum(idx, len(self.cdf) - 1).astype(np.int32)
 
 
-class SASRec(Recommender):
+class SASRec(VectorRecommender):
     """Self-attentive sequential recommender; ``SASRec(dim=32)`` or ``SASRec(SASRecParams(...), seed=1)``.
 
     The hyper-parameters and their defaults are ``pipelines.core.config.SASRecParams`` (``train.sasrec``).
@@ -298,6 +305,7 @@ class SASRec(Recommender):
         self._net: _Network | None = None
         self._weights: list[np.ndarray] | None = None
         self._inputs: np.ndarray | None = None
+        self._items: np.ndarray | None = None  # the item table as numpy, for exact pair scores beside the index
 
     def fit(self, history: Interactions, valid: Targets | None = None) -> Self:
         """Train on ``history``; with ``valid``, keep the epoch with the best validation NDCG@10."""
@@ -312,6 +320,7 @@ class SASRec(Recommender):
             raise ValueError(f"{self.name}: no user has two events to learn a next item from")
         valid = valid if valid is not None and len(valid[0]) else None
         self._history, self._inputs, self.n_items_ = history, None, history.n_items
+        self.index_, self.ann_ = None, None  # validation ranks exactly; the index is built on the best weights
         self._net = _Network(history.n_items, p, self.seed)
         kind = p.loss_for(history.n_items)
         sampler = NegativeSampler(targets, history.n_items, rng) if kind == "sampled" else None
@@ -333,6 +342,8 @@ class SASRec(Recommender):
                 log.info("sasrec: stopping after epoch %d: %s", epoch, reason)
                 break
         self._net.set_weights(best_weights)
+        self._items = None
+        self.index_items(p.ann_min_items)
         log.info("sasrec: best epoch %d (valid ndcg@10 %.4f), %.0f s", self.best_epoch_, best_ndcg,
                  time.perf_counter() - start)
         return self
@@ -382,8 +393,34 @@ class SASRec(Recommender):
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """Next-item logits after any sequence: the network reads its last ``max_len`` items (event types unused)."""
-        tail = np.asarray(items, dtype=np.int32)[-self.params.max_len:] + 1  # item c is fed as c + 1
-        return self._network().score_last((tail if len(tail) else np.array([PAD], dtype=np.int32))[None]).numpy()[0]
+        return self._network().score_last(self._tail(items)).numpy()[0]
+
+    def rank_sequence(self, items: np.ndarray, events: np.ndarray, k: int, exclude_seen: bool = True,
+                      user: int = -1) -> Ranked:
+        """As ``Recommender.rank_sequence``; with an item index, the sequence's vector is searched in it."""
+        if self.index_ is None:
+            return super().rank_sequence(items, events, k, exclude_seen, user)
+        query = self._network().last_state(self._tail(items)).numpy()
+        exclude = [np.asarray(items, dtype=np.int64)] if exclude_seen or self.exclude_seen else None
+        top, values = self.index_.search(query, min(k, self.n_items_), exclude)
+        return self._own_lists(top, values, k, sequence_recent(items))
+
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        net, seqs = self._network(), self._sequences(users)
+        out = np.empty((len(seqs), self.params.dim), dtype=np.float32)
+        for rows, width in _length_batches((seqs != PAD).sum(axis=1), SCORE_BATCH):
+            out[rows] = net.last_state(seqs[rows, -width:]).numpy()
+        return out
+
+    def item_vectors(self) -> np.ndarray:
+        if self._items is None:
+            self._items = np.array(self._network().item_table().numpy(), dtype=np.float32)
+        return self._items
+
+    def _tail(self, items: np.ndarray) -> np.ndarray:
+        """(1, T) network input of a sequence: its last ``max_len`` items (item c fed as c + 1), PAD if empty."""
+        tail = np.asarray(items, dtype=np.int32)[-self.params.max_len:] + 1
+        return (tail if len(tail) else np.array([PAD], dtype=np.int32))[None]
 
     def recommend(
         self, users: np.ndarray, k: int, exclude_seen: bool = True, batch_size: int = SCORE_BATCH
@@ -391,8 +428,10 @@ class SASRec(Recommender):
         """As ``Recommender.recommend``, with masking and top-k inside TensorFlow.
 
         About 4x faster than the generic version, which matters because validation ranks the whole catalogue
-        for every user after every epoch.
+        for every user after every epoch. With an item index, the index's search (``candidate_scorer``).
         """
+        if self.index_ is not None:
+            return super().recommend(users, k, exclude_seen, batch_size)
         users = np.asarray(users, dtype=np.int64)
         net, seqs = self._network(), self._sequences(users)
         k = min(k, self.n_items_)
@@ -422,10 +461,10 @@ class SASRec(Recommender):
 
     def __getstate__(self) -> dict[str, Any]:
         """Weights as numpy arrays plus config: Keras objects themselves do not pickle."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_net", "_inputs")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_net", "_inputs", "_items")}
         state["_weights"] = self._net.get_weights() if self._net is not None else self._weights
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._net, self._inputs = None, None
+        self._net, self._inputs, self._items = None, None, None

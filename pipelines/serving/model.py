@@ -30,7 +30,7 @@ from pipelines.core.errors import ShoprecError
 from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions, event_weight_table
 from pipelines.models.base import RECENT_ITEMS, Ranked, Recommender, contains
-from pipelines.models.content import CONTENT_FILE, ContentIndex, explore_positions, explore_slots
+from pipelines.models.content import CONTENT_FILE, ContentIndex, closest_new, explore_slots, interleave
 from pipelines.models.popularity import popularity_scores
 
 log = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ class ServingModel:
         if not explore_slots(k, self.rules.explore_share) or not len(self.new_items) or not len(recent):
             return None
         query = self.content.item_vectors(recent)
-        items, strength = self.content.neighbours(query, 4 * k + 50, among=self.new_items, exclude=recent)
+        items, strength = closest_new(self.content, query, recent, self.new_items, k)
         anchors = np.zeros(0, dtype=np.int64)
         if len(items):  # the explanation: the recent item closest in content to each proposed one
             similarity = (self.content.item_vectors(items) @ query.T).toarray()
@@ -535,9 +535,7 @@ class ServingModel:
         if explore is not None:
             fresh = self._pick(iter([explore]), explore_slots(k, self.rules.explore_share), taken, per_category, cat,
                                cap)
-        rows = self._pick(parts, k - len(fresh), taken, per_category, cat, cap)
-        for position, row in zip(explore_positions(len(rows) + len(fresh), len(fresh)), fresh, strict=True):
-            rows.insert(position, row)
+        rows = interleave(self._pick(parts, k - len(fresh), taken, per_category, cat, cap), fresh)
         return [Recommendation(self.item_ids[item], score, rank, self.source_names[src],
                                self.reason(self.source_names[src], rel, item, similar))
                 for rank, (item, score, src, rel) in enumerate(rows, start=1)]
