@@ -134,10 +134,19 @@ class ContentIndex:
         if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
             codes = np.unique(np.asarray(among, dtype=np.int64))
             values = (self.item_vectors(codes) @ q.T).toarray().ravel().astype(np.float32)
-            keep = (values > 0) & ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
-            codes, values = codes[keep], values[keep]
-            order = np.lexsort((codes, -values))[:k]
-            return codes[order], values[order]
+            hit = values > 0
+            codes, values = codes[hit], values[hit]
+        else:
+            codes, values = self._walk(q, among)
+        keep = ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
+        if among is not None:
+            keep &= np.isin(codes, among)
+        codes, values = codes[keep], values[keep]
+        order = np.lexsort((codes, -values))[:k]
+        return codes[order], values[order]
+
+    def _walk(self, q: sp.csr_matrix, among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every item sharing a token with ``q`` and its cosine, through the inverted index and the extra rows."""
         if among is None or np.any(among < self.base.shape[0]):
             base = (q @ self.base_index).tocsr()
         else:  # only added products asked for: the trained catalogue's index is not walked
@@ -146,13 +155,7 @@ class ContentIndex:
         extra = (self.extra @ q.T).toarray().ravel() if len(self.extra_codes) else np.zeros(0, np.float32)
         hit = extra > 0
         codes = np.r_[base.indices[unchanged].astype(np.int64), self.extra_codes[hit]]
-        values = np.r_[base.data[unchanged], extra[hit]].astype(np.float32)
-        keep = ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
-        if among is not None:
-            keep &= np.isin(codes, among)
-        codes, values = codes[keep], values[keep]
-        order = np.lexsort((codes, -values))[:k]
-        return codes[order], values[order]
+        return codes, np.r_[base.data[unchanged], extra[hit]].astype(np.float32)
 
     def item_vectors(self, codes: np.ndarray) -> sp.csr_matrix:
         """The current content rows of item ``codes`` (extra rows override base rows; unknown codes are empty)."""
