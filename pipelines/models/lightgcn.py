@@ -317,20 +317,21 @@ class LightGCN(VectorRecommender):
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """User-item affinity ``user_emb . item_emb`` (float32), computed in batches of users."""
-        if self.user_emb_ is None or self.item_emb_ is None:
-            raise RuntimeError(f"{self.name}: call fit() before scoring")
         users = np.asarray(users, dtype=np.int64)
-        out = np.empty((len(users), len(self.item_emb_)), dtype=np.float32)
+        items = self.item_vectors()
+        out = np.empty((len(users), len(items)), dtype=np.float32)
         for begin in range(0, len(users), SCORE_BATCH):
-            out[begin: begin + SCORE_BATCH] = self.user_emb_[users[begin: begin + SCORE_BATCH]] @ self.item_emb_.T
+            out[begin: begin + SCORE_BATCH] = self.user_vectors(users[begin: begin + SCORE_BATCH]) @ items.T
         return out
 
     def user_vectors(self, users: np.ndarray) -> np.ndarray:
-        if self.user_emb_ is None:
-            raise RuntimeError(f"{self.name}: call fit() before scoring")
-        return self.user_emb_[np.asarray(users, dtype=np.int64)]
+        return self._embeddings()[0][np.asarray(users, dtype=np.int64)]
 
     def item_vectors(self) -> np.ndarray:
-        if self.item_emb_ is None:
+        return self._embeddings()[1]
+
+    def _embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The user and item tables; scoring before ``fit`` is a clear error, not an attribute error."""
+        if self.user_emb_ is None or self.item_emb_ is None:
             raise RuntimeError(f"{self.name}: call fit() before scoring")
-        return self.item_emb_
+        return self.user_emb_, self.item_emb_
