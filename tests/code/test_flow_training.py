@@ -32,6 +32,8 @@ def training(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         env.delenv("PREFECT_API_URL", raising=False)  # ephemeral mode even where a server is configured
         env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+        # a fresh database on a loaded 2-core machine can take longer than the 20 s default to come up
+        env.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
         env.setenv("TQDM_DISABLE", "1")
         from flows.training import training as flow
