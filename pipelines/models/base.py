@@ -220,6 +220,51 @@ class PriorPlusSparse(UserScores):
         return values
 
 
+class Excluding(UserScores):
+    """``inner`` with the item codes ``exclude`` also at -inf in every row (e.g. a session's items on top of what
+    the user's fitted history excludes)."""
+
+    def __init__(self, inner: UserScores, exclude: np.ndarray | None):
+        self.inner = inner
+        self.exclude = np.unique(np.asarray(exclude if exclude is not None else [], dtype=np.int64))
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        items, values = self.inner.top(n + len(self.exclude))
+        width = min(n, items.shape[1])
+        keep = (items >= 0) & ~np.isin(items, self.exclude)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :width]  # kept ones first, in the inner order
+        kept = np.take_along_axis(keep, order, axis=1)
+        return (np.where(kept, np.take_along_axis(items, order, axis=1), -1),
+                np.where(kept, np.take_along_axis(values, order, axis=1), -np.inf).astype(np.float32))
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        values = self.inner.at(rows, items)
+        values[np.isin(items, self.exclude)] = -np.inf
+        return values
+
+
+class NoScores(UserScores):
+    """What a source answers for users it knows nothing of (an anonymous session it cannot score): no finite score."""
+
+    def __init__(self, n_rows: int, n_items: int):
+        self.n_rows, self.n_items = n_rows, n_items
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.n_rows, min(n, self.n_items))
+        return np.full(shape, -1, dtype=np.int64), np.full(shape, -np.inf, dtype=np.float32)
+
+    def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.full(len(items), -np.inf, dtype=np.float32)
+
+
+def excluded_row(items: np.ndarray | None, n_items: int) -> sp.csr_matrix | None:
+    """The one-row (1 x n_items) matrix of the item codes ``items`` that ``UserScores`` take as excluded."""
+    if items is None:
+        return None
+    cols = np.unique(np.asarray(items, dtype=np.int64))
+    return sp.csr_matrix((np.ones(len(cols), dtype=np.bool_), cols, np.array([0, len(cols)])), shape=(1, n_items))
+
+
 def _prior_bits(prior: np.ndarray) -> np.ndarray:
     """``descending_bits`` of the prior as float32, kept across batches (sources share one prior per use)."""
     return prepared("prior-bits", (prior,), lambda: descending_bits(prior.astype(np.float32)))
@@ -345,6 +390,15 @@ class Recommender(ABC):
 
         return dense
 
+    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+        """``UserScores`` (one row) of a user whose history is the sequence ``items`` / ``events``, with the item
+        codes ``exclude`` at -inf (None: none): ``score_sequence`` as candidate generation reads it, None when the
+        model cannot score a sequence. By default the dense row; ``sparse_scores`` sources never build it."""
+        scores = self.score_sequence(items, events)
+        if scores is None:
+            return None
+        return DenseScores(np.asarray(scores)[None], excluded_row(exclude, len(scores)))
+
     def top_candidates(self, users: np.ndarray, n: int, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Each user's best ``n`` items and scores, -1 / -inf padded: ``top_k`` of the (seen-excluded) dense scores."""
         return self.candidate_scorer(exclude_seen)(np.asarray(users, dtype=np.int64)).top(n)
@@ -399,13 +453,11 @@ class Recommender(ABC):
         ``user`` is the known user the sequence extends (-1: anonymous). None when the model cannot score a
         sequence (see ``score_sequence``).
         """
-        scores = self.score_sequence(items, events)
+        exclude = np.asarray(items, dtype=np.int64) if exclude_seen or self.exclude_seen else None
+        scores = self.sequence_scorer(items, events, exclude)
         if scores is None:
             return None
-        scores = np.array(scores, dtype=np.float32, copy=True)[None]
-        if exclude_seen or self.exclude_seen:
-            scores[0, np.asarray(items, dtype=np.int64)] = -np.inf
-        top, values = top_k(scores, k)
+        top, values = scores.top(k)
         return self._own_lists(top, values, k, sequence_recent(items))
 
     def _own_lists(self, items: np.ndarray, scores: np.ndarray, k: int, recent: np.ndarray) -> Ranked:

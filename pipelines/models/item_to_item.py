@@ -19,7 +19,15 @@ import scipy.sparse as sp
 from pipelines.core.engine import imap_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
-from pipelines.models.base import PriorPlusSparse, Recommender, Targets, UserScores, item_order, prepared
+from pipelines.models.base import (
+    PriorPlusSparse,
+    Recommender,
+    Targets,
+    UserScores,
+    excluded_row,
+    item_order,
+    prepared,
+)
 from pipelines.models.kernels import descending_bits, top_per_row_mask
 
 
@@ -77,10 +85,8 @@ class ItemToItem(Recommender):
         return self.adjust((self.profile_[users] @ self.matrix_).toarray())
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
-        """The sparse rows of profile @ matrix plus the prior ``adjust`` adds, whose order is sorted once here."""
-        n_items = self.matrix_.shape[1]
-        prior = self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0]
-        order = prepared("order", (prior,), lambda: item_order(prior.astype(np.float32)))
+        """The sparse rows of profile @ matrix plus the prior ``adjust`` adds, whose order is sorted once."""
+        prior, order = self._prior_order()
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
@@ -88,13 +94,28 @@ class ItemToItem(Recommender):
 
         return sparse
 
+    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
+        """The sequence's sparse row of profile @ matrix plus the prior, as ``candidate_scorer`` gives a user."""
+        prior, order = self._prior_order()
+        product = (self._sequence_profile(items, events) @ self.matrix_).tocsr()
+        return PriorPlusSparse(product, prior, order, excluded_row(exclude, len(prior)))
+
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The source's own profile of the sequence (its recency weighting) times its item x item matrix."""
+        return self.adjust((self._sequence_profile(items, events) @ self.matrix_).toarray())[0]
+
+    def _sequence_profile(self, items: np.ndarray, events: np.ndarray) -> sp.csr_matrix:
+        """(1, n_items) profile weights of a sequence (oldest first), as ``user_profiles`` weighs a user's history."""
         items = np.asarray(items, dtype=np.int64)
         keep, weights = self.profile_weights(np.asarray(events), np.arange(len(items))[::-1])
-        profile = sp.csr_matrix((weights, (np.zeros(int(keep.sum()), dtype=np.int64), items[keep])),
-                                shape=(1, self.matrix_.shape[1]))
-        return self.adjust((profile @ self.matrix_).toarray())[0]
+        return sp.csr_matrix((weights, (np.zeros(int(keep.sum()), dtype=np.int64), items[keep])),
+                             shape=(1, self.matrix_.shape[1]))
+
+    def _prior_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-item prior ``adjust`` adds (in the dtype of profile @ matrix) and its item order (kept)."""
+        n_items = self.matrix_.shape[1]
+        prior = self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0]
+        return prior, prepared("order", (prior,), lambda: item_order(prior.astype(np.float32)))
 
     def pair_strength(self, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """``matrix_[anchor, target]``: how strongly the source leads from the anchor item to the target item."""

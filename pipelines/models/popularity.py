@@ -22,6 +22,7 @@ from pipelines.models.base import (
     csr_lookup,
     denser_than_sparse,
     distinct,
+    excluded_row,
     item_order,
     pair_keys,
     prepared,
@@ -83,14 +84,23 @@ class Popularity(Recommender):
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """One order for everyone, sorted once; a user's list skips their seen items in it."""
-        prior = np.array(self.item_scores_, dtype=np.float32)  # what every dense row holds
-        order = prepared("order", (prior,), lambda: item_order(prior))
+        prior, order = self._prior_order()
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
             return PriorPlusSparse(sp.csr_matrix((len(users), len(prior)), dtype=np.float32), prior, order, excluded)
 
         return sparse
+
+    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
+        """The popular items, the sequence's excluded ones skipped."""
+        prior, order = self._prior_order()
+        return PriorPlusSparse(sp.csr_matrix((1, len(prior)), dtype=np.float32), prior, order,
+                               excluded_row(exclude, len(prior)))
+
+    def _prior_order(self) -> tuple[np.ndarray, np.ndarray]:
+        prior = np.array(self.item_scores_, dtype=np.float32)  # what every dense row holds
+        return prior, prepared("order", (prior,), lambda: item_order(prior))
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The same list for any sequence: the popular items."""
@@ -161,9 +171,7 @@ class CategoryPopularity(Recommender):
         """Per category its items by share (sorted once), and the prior order for the items of other categories."""
         if not self.sparse_scores:
             return super().candidate_scorer(exclude_seen)
-        n_slots, dtype = self.affinity_.shape[1], self.affinity_.dtype
-        index = prepared(f"category {n_slots} {dtype}", (self.cat_slot_, self.item_share_, self.prior_),
-                         lambda: CategoryIndex(self.cat_slot_, self.item_share_, self.prior_, n_slots, dtype))
+        index = self._index()
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
@@ -171,10 +179,26 @@ class CategoryPopularity(Recommender):
 
         return sparse
 
+    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
+        """The sequence's category affinities through ``CategoryScores``, as ``candidate_scorer`` scores a user."""
+        affinity = self._sequence_affinity(items, events)
+        if not self.sparse_scores or (affinity.data < 0).any():
+            return super().sequence_scorer(items, events, exclude)
+        return CategoryScores(self._index(), affinity, excluded_row(exclude, len(self.cat_slot_)))
+
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """Category shares of the sequence's own events, as for a fitted user with that history."""
+        return self._scores(self._sequence_affinity(items, events))[0]
+
+    def _sequence_affinity(self, items: np.ndarray, events: np.ndarray) -> sp.csr_matrix:
         items = np.asarray(items, dtype=np.int64)
-        return self._scores(self._affinity(np.zeros(len(items), dtype=np.int64), items, np.asarray(events), 1))[0]
+        return self._affinity(np.zeros(len(items), dtype=np.int64), items, np.asarray(events), 1)
+
+    def _index(self) -> CategoryIndex:
+        """Each category's items by share and the prior's order, sorted once per fitted state (kept)."""
+        n_slots, dtype = self.affinity_.shape[1], self.affinity_.dtype
+        return prepared(f"category {n_slots} {dtype}", (self.cat_slot_, self.item_share_, self.prior_),
+                        lambda: CategoryIndex(self.cat_slot_, self.item_share_, self.prior_, n_slots, dtype))
 
 
 class CategoryIndex:

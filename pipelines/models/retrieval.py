@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.models.base import Recommender, UserScores
+from pipelines.models.base import Recommender, UserScores, excluded_row
 from pipelines.models.kernels import csr_pairs
 from pipelines.models.vector_index import VectorIndex
 
@@ -67,6 +67,10 @@ class VectorRecommender(Recommender):
     def item_vectors(self) -> np.ndarray:
         """float32 (n_items, dim): row i is item code i's vector."""
 
+    def sequence_vector(self, items: np.ndarray, events: np.ndarray) -> np.ndarray | None:
+        """float32 (1, dim) query vector of a sequence (oldest first); None when the model has none for a sequence."""
+        return None
+
     @property
     def sparse_scores(self) -> bool:  # type: ignore[override]
         """With an index no batch needs dense rows, so candidate batches need not shrink with the catalogue."""
@@ -89,6 +93,16 @@ class VectorRecommender(Recommender):
             return VectorScores(self.user_vectors(users), items, index, excluded)
 
         return indexed
+
+    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+        """With an index, the sequence's vector searched in it (exact pair scores); else the dense row."""
+        if self.index_ is None:
+            return super().sequence_scorer(items, events, exclude)
+        query = self.sequence_vector(items, events)
+        if query is None:
+            return None
+        vectors = self.item_vectors()
+        return VectorScores(query, vectors, self.index_, excluded_row(exclude, len(vectors)))
 
     def index_items(self, min_items: int) -> None:
         """Index the current item vectors if there are at least ``min_items`` (fewer drop any index: exact scoring).

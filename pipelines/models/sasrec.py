@@ -20,7 +20,7 @@ from pipelines.core.config import SASRecParams, with_overrides
 from pipelines.core.keras_runtime import LayerSeeds, tensorflow
 from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
-from pipelines.models.base import Ranked, Targets, sequence_recent
+from pipelines.models.base import Targets
 from pipelines.models.retrieval import VectorRecommender
 
 if TYPE_CHECKING:
@@ -395,15 +395,9 @@ class SASRec(VectorRecommender):
         """Next-item logits after any sequence: the network reads its last ``max_len`` items (event types unused)."""
         return self._network().score_last(self._tail(items)).numpy()[0]
 
-    def rank_sequence(self, items: np.ndarray, events: np.ndarray, k: int, exclude_seen: bool = True,
-                      user: int = -1) -> Ranked:
-        """As ``Recommender.rank_sequence``; with an item index, the sequence's vector is searched in it."""
-        if self.index_ is None:
-            return super().rank_sequence(items, events, k, exclude_seen, user)
-        query = self._network().last_state(self._tail(items)).numpy()
-        exclude = [np.asarray(items, dtype=np.int64)] if exclude_seen or self.exclude_seen else None
-        top, values = self.index_.search(query, min(k, self.n_items_), exclude)
-        return self._own_lists(top, values, k, sequence_recent(items))
+    def sequence_vector(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """The network's last state after the sequence: the query whose logits ``score_sequence`` gives."""
+        return self._network().last_state(self._tail(items)).numpy()
 
     def user_vectors(self, users: np.ndarray) -> np.ndarray:
         net, seqs = self._network(), self._sequences(users)

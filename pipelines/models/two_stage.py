@@ -26,9 +26,12 @@ from pipelines.evaluation.metrics import per_user_metrics
 from pipelines.features.interactions import Interactions, PartedHistory, Vocab
 from pipelines.features.ranking import FeatureContext, ItemInfo, item_popularity
 from pipelines.models.base import (
+    Excluding,
+    NoScores,
     Ranked,
     Recommender,
     Targets,
+    UserScores,
     explain,
     pad_columns,
     recent_items,
@@ -40,7 +43,7 @@ from pipelines.models.candidates import (
     candidate_recall,
     generate_candidates,
     labels,
-    pool_candidates,
+    pool_scores,
 )
 from pipelines.rankers import Ranker
 from pipelines.rankers.base import RankingData
@@ -250,18 +253,23 @@ class TwoStage(Recommender):
         fitted history, and propose nothing for an anonymous one (their features are then missing).
         """
         items, events = np.asarray(items, dtype=np.int64), np.asarray(events, dtype=np.int64)
-        n_items = self.history.n_items
-        seen = np.unique(items) if exclude_seen or self.exclude_seen else np.zeros(0, dtype=np.int64)
-        dense = {}
-        for name, source in self.sources.items():
-            scores = source.score_sequence(items, events)
-            if scores is None:
-                scores = source.score(np.array([user]))[0] if user >= 0 else np.full(n_items, -np.inf)
-            dense[name] = np.array(scores, dtype=np.float32, copy=True)[None]
-            dense[name][0, seen] = -np.inf
-        cands = pool_candidates(np.zeros(1, dtype=np.int64), dense, self.n_per_source)  # row 0 of the context
+        seen = items if exclude_seen or self.exclude_seen else None
+        scores = {name: self._source_sequence(source, items, events, seen, user)
+                  for name, source in self.sources.items()}
+        cands = pool_scores(np.zeros(1, dtype=np.int64), scores, self.n_per_source)  # row 0 of the context
         return self._ranked(self._scored(cands, self._sequence_context(items, events), user_codes=np.full(1, user)),
                             k, sequence_recent(items))
+
+    def _source_sequence(self, source: Recommender, items: np.ndarray, events: np.ndarray, seen: np.ndarray | None,
+                         user: int) -> UserScores:
+        """One source's scores of the sequence; a source that cannot score one scores the known ``user`` from its
+        fitted history (the sequence's items still excluded), and nothing at all for an anonymous one."""
+        scores = source.sequence_scorer(items, events, seen)
+        if scores is not None:
+            return scores
+        if user < 0:
+            return NoScores(1, self.history.n_items)
+        return Excluding(source.candidate_scorer(exclude_seen=False)(np.array([user])), seen)
 
     def component_lists(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> dict[str, np.ndarray]:
         """Every ranker's list over the same pools (``ranker:NAME``) and every source's own (``source:NAME``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Self
 
 import faiss
@@ -36,6 +37,22 @@ TRAIN_POINTS_PER_LIST = 64
 # queries between two clusters of 4M items, recall@100 at 2,048 probes is 0.75 / 0.93 / 0.96 / 0.97 with 4 / 16 / 32 /
 # 64 (p50 4.3 / 4.8 / 5.8 / 6.7 ms); 32 lets tune() reach 0.95 without scanning a quarter of the lists
 K_FACTOR = 32
+
+# fewer queries than this search on one OpenMP thread: a single serving request on several threads waited for cores
+# that TensorFlow and the event loop hold (one-user p50 15.8 ms at 2 threads vs 2.5 ms at 1 in a loaded API run);
+# the result does not depend on the thread count
+PARALLEL_QUERIES = 16
+_THREADS = faiss.omp_get_max_threads()
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """faiss's OpenMP thread count set to ``n`` for the block (process-wide: concurrent searches share it)."""
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(_THREADS)
 
 
 def default_lists(n: int) -> int:
@@ -183,7 +200,8 @@ class VectorIndex:
     def _ann_candidates(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         probe = faiss.SearchParametersIVF(nprobe=self._n_probe)  # kept referenced while the search runs
         params = faiss.IndexRefineSearchParameters(k_factor=self._k_factor, base_index_params=probe)
-        scores, items = self._ann.search(queries, width, params=params)
+        with _threads(1 if len(queries) < PARALLEL_QUERIES else _THREADS):
+            scores, items = self._ann.search(queries, width, params=params)
         rows = np.broadcast_to(np.arange(len(queries))[:, None], items.shape)
         keep = items >= 0
         return rows[keep], items[keep], scores[keep]

@@ -232,3 +232,51 @@ def test_users_who_saw_the_whole_head_of_the_prior_read_further(exclude_seen):
     one = {"popularity": Popularity(WEIGHTS).fit(history)}
     users = np.arange(41)
     assert_same(generate_candidates(one, users, n, exclude_seen), dense_candidates(one, users, n, exclude_seen))
+
+
+def dense_sequence_top(model: Recommender, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None,
+                       n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dense row of ``score_sequence`` with ``exclude`` at -inf, its ``top_k`` (-1 past finite scores)."""
+    row = np.array(model.score_sequence(items, events), dtype=np.float32, copy=True)[None]
+    if exclude is not None:
+        row[0, exclude] = -np.inf
+    top, values = top_k(row, n)
+    return row[0], np.where(np.isfinite(values), top, -1), values
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+@pytest.mark.parametrize("name", ["covisit", "itemcos", "transitions", "popularity", "category_popularity"])
+def test_sequence_scorers_give_the_dense_sequence_rows(history, sources, name, exclude):
+    """A session's candidates come from the same sparse path as a fitted user's: the dense row's top lists and
+    pair scores, for a user's own history, a random sequence and an empty one."""
+    model, rng = sources[name], np.random.default_rng(5)
+    span = slice(history.user_bounds[2], history.user_bounds[3])
+    sequences = [(history.item[span], history.event[span]),
+                 (rng.integers(0, history.n_items, 9), rng.integers(0, 3, 9)),
+                 (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))]
+    for items, events in sequences:
+        seen = np.asarray(items, dtype=np.int64) if exclude else None
+        scorer = model.sequence_scorer(items, events, seen)
+        probe = rng.integers(0, history.n_items, 50)
+        for n in (1, 7, 40):
+            row, want_items, want_values = dense_sequence_top(model, items, events, seen, n)
+            got_items, got_values = scorer.top(n)
+            np.testing.assert_array_equal(got_values, want_values, err_msg=f"{name} n={n}")
+            np.testing.assert_array_equal(got_items, want_items, err_msg=f"{name} n={n}")
+        np.testing.assert_array_equal(scorer.at(np.zeros(len(probe), dtype=np.int64), probe), row[probe])
+
+
+def test_excluding_drops_further_items_from_a_users_scores(history, sources):
+    """A known user's scores with a session's items excluded on top: the dense row with both at -inf."""
+    user, extra = 4, np.array([0, 1, 2, 5, 8])
+    for name, model in sources.items():
+        scores = base.Excluding(model.candidate_scorer(exclude_seen=True)(np.array([user])), extra)
+        dense = np.array(model.score(np.array([user])), dtype=np.float32, copy=True)
+        dense[0, history.seen[user].indices] = -np.inf
+        dense[0, extra] = -np.inf
+        want_items, want_values = top_k(dense, 12)
+        items, values = scores.top(12)
+        np.testing.assert_array_equal(values, want_values, err_msg=name)
+        np.testing.assert_array_equal(items, np.where(np.isfinite(want_values), want_items, -1), err_msg=name)
+        probe = np.arange(min(history.n_items, 30))
+        np.testing.assert_array_equal(scores.at(np.zeros(len(probe), dtype=np.int64), probe), dense[0, probe])
