@@ -176,6 +176,10 @@ class UserScores(ABC):
         """float32 scores of the pairs (users[rows[i]], items[i]): the dense matrix at those cells."""
 
 
+# (items, events, exclude) of a sequence -> its one-row scores, None if the model cannot score one (``sequence_scorer``)
+SequenceScorer = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], "UserScores | None"]
+
+
 class DenseScores(UserScores):
     """The default: the dense matrix itself (one float32 row per user, so batches must respect ``CELL_BUDGET``)."""
 
@@ -192,29 +196,46 @@ class DenseScores(UserScores):
         return self.scores[rows, items]
 
 
+@dataclass(frozen=True)
+class Prior:
+    """A per-item prior with what sparse top lists read of it: its item order and its descending key bits."""
+
+    values: np.ndarray
+    order: np.ndarray
+    bits: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Prior:
+        """The prior ``values`` with its order and bits, each sorted once and kept across calls (``prepared``)."""
+        order = prepared("order", (values,), lambda: item_order(values.astype(np.float32)))
+        bits = prepared("prior-bits", (values,), lambda: descending_bits(values.astype(np.float32)))
+        return cls(values, order, bits)
+
+
 class PriorPlusSparse(UserScores):
     """Scores that are ``raw`` (a sparse users x items product, 0 where nothing is stored) plus a per-item ``prior``:
-    the dense row is ``(raw.toarray() + prior).astype(float32)``, yet the top lists need only the stored entries and
-    the head of the prior's order (``order``), since every item not stored scores just its prior."""
+    the dense row is ``(raw.toarray() + prior.values).astype(float32)``, yet the top lists need only the stored
+    entries and the head of the prior's order, since every item not stored scores just its prior."""
 
-    def __init__(self, raw: sp.csr_matrix, prior: np.ndarray, order: np.ndarray, excluded: sp.csr_matrix | None):
-        self.raw, self.prior, self.order = raw, prior, order
+    def __init__(self, raw: sp.csr_matrix, prior: Prior, excluded: sp.csr_matrix | None):
+        self.raw, self.prior = raw, prior
         self.excluded = excluded if excluded is not None else sp.csr_matrix(raw.shape, dtype=np.float32)
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_items = self.raw.shape
         width = min(n, n_items)
+        prior = self.prior.values
         if denser_than_sparse(self.raw.nnz + self.excluded.nnz + n_rows * width, n_rows, n_items):
-            scores = DenseScores(self.raw.toarray() + self.prior, self.excluded)
+            scores = DenseScores(self.raw.toarray() + prior, self.excluded)
             return scores.top(n)
-        stored = descending_bits((self.raw.data + self.prior[self.raw.indices]).astype(np.float32))
-        keys = sparse_plus_prior_top(self.raw.indptr, self.raw.indices, stored, _prior_bits(self.prior), self.order,
+        stored = descending_bits((self.raw.data + prior[self.raw.indices]).astype(np.float32))
+        keys = sparse_plus_prior_top(self.raw.indptr, self.raw.indices, stored, self.prior.bits, self.prior.order,
                                      self.excluded.indptr, self.excluded.indices, width)
         return unpack(keys)
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         raw = csr_pairs(self.raw.indptr, self.raw.indices, self.raw.data, self.raw.shape[1], rows, items)
-        values = (raw + self.prior[items]).astype(np.float32)
+        values = (raw + self.prior.values[items]).astype(np.float32)
         ex = self.excluded
         values[csr_pairs(ex.indptr, ex.indices, np.ones(ex.nnz, dtype=np.bool_), ex.shape[1], rows, items)] = -np.inf
         return values
@@ -263,11 +284,6 @@ def excluded_row(items: np.ndarray | None, n_items: int) -> sp.csr_matrix | None
         return None
     cols = np.unique(np.asarray(items, dtype=np.int64))
     return sp.csr_matrix((np.ones(len(cols), dtype=np.bool_), cols, np.array([0, len(cols)])), shape=(1, n_items))
-
-
-def _prior_bits(prior: np.ndarray) -> np.ndarray:
-    """``descending_bits`` of the prior as float32, kept across batches (sources share one prior per use)."""
-    return prepared("prior-bits", (prior,), lambda: descending_bits(prior.astype(np.float32)))
 
 
 def denser_than_sparse(sparse_cells: int, n_rows: int, n_items: int) -> bool:
@@ -390,14 +406,18 @@ class Recommender(ABC):
 
         return dense
 
-    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
-        """``UserScores`` (one row) of a user whose history is the sequence ``items`` / ``events``, with the item
-        codes ``exclude`` at -inf (None: none): ``score_sequence`` as candidate generation reads it, None when the
-        model cannot score a sequence. By default the dense row; ``sparse_scores`` sources never build it."""
-        scores = self.score_sequence(items, events)
-        if scores is None:
-            return None
-        return DenseScores(np.asarray(scores)[None], excluded_row(exclude, len(scores)))
+    def sequence_scorer(self) -> SequenceScorer:
+        """A function of (items, events, exclude) giving the ``UserScores`` (one row) of a user whose history is
+        the sequence ``items`` / ``events``, with the item codes ``exclude`` at -inf (None: none); it answers None
+        when the model cannot score a sequence. Like ``candidate_scorer`` it holds what the source prepares once
+        per use; by default it holds the dense ``score_sequence`` row, ``sparse_scores`` sources never build it."""
+        def dense(items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+            scores = self.score_sequence(items, events)
+            if scores is None:
+                return None
+            return DenseScores(np.asarray(scores)[None], excluded_row(exclude, len(scores)))
+
+        return dense
 
     def top_candidates(self, users: np.ndarray, n: int, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Each user's best ``n`` items and scores, -1 / -inf padded: ``top_k`` of the (seen-excluded) dense scores."""
@@ -454,7 +474,7 @@ class Recommender(ABC):
         sequence (see ``score_sequence``).
         """
         exclude = np.asarray(items, dtype=np.int64) if exclude_seen or self.exclude_seen else None
-        scores = self.sequence_scorer(items, events, exclude)
+        scores = self.sequence_scorer()(items, events, exclude)
         if scores is None:
             return None
         top, values = scores.top(k)

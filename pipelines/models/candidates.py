@@ -8,6 +8,7 @@ hold one dense matrix per batch, and batches shrink with the catalogue for them 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,18 +77,19 @@ def pool_scores(users: np.ndarray, scores: dict[str, UserScores], n: int) -> Can
 
 def generate_candidates(
     sources: dict[str, Recommender], users: np.ndarray, n_per_source: int, exclude_seen: bool = True,
-    batch_size: int = 1024,
+    batch_size: int = 1024, scorers: dict[str, Callable[[np.ndarray], UserScores]] | None = None,
 ) -> Candidates:
     """The union of each source's top ``n_per_source`` items per user, with every source's score.
 
     A source without ``sparse_scores`` holds one dense (users x items) score matrix per batch, so with such a source
     large catalogues get smaller batches (at most ``CELL_BUDGET`` cells each); rows are independent, so the result
-    does not depend on it.
+    does not depend on it. ``scorers``: the sources' ``candidate_scorer``s made beforehand (kept across calls).
     """
     n_items = next(iter(sources.values())).history.n_items
     if not all(model.sparse_scores for model in sources.values()):
         batch_size = max(1, min(batch_size, CELL_BUDGET // max(n_items, 1)))
-    scorers = {name: model.candidate_scorer(exclude_seen) for name, model in sources.items()}
+    if scorers is None:
+        scorers = {name: model.candidate_scorer(exclude_seen) for name, model in sources.items()}
     parts = [pool_scores(batch, {name: scorer(batch) for name, scorer in scorers.items()}, n_per_source)
              for batch in (users[start: start + batch_size] for start in range(0, len(users), batch_size))]
     if not parts:

@@ -20,13 +20,13 @@ from pipelines.core.engine import imap_parts
 from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.features.ranking import pair_values
 from pipelines.models.base import (
+    Prior,
     PriorPlusSparse,
     Recommender,
+    SequenceScorer,
     Targets,
     UserScores,
     excluded_row,
-    item_order,
-    prepared,
 )
 from pipelines.models.kernels import descending_bits, top_per_row_mask
 
@@ -86,19 +86,23 @@ class ItemToItem(Recommender):
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """The sparse rows of profile @ matrix plus the prior ``adjust`` adds, whose order is sorted once."""
-        prior, order = self._prior_order()
+        prior = self._prior()
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
-            return PriorPlusSparse((self.profile_[users] @ self.matrix_).tocsr(), prior, order, excluded)
+            return PriorPlusSparse((self.profile_[users] @ self.matrix_).tocsr(), prior, excluded)
 
         return sparse
 
-    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
-        """The sequence's sparse row of profile @ matrix plus the prior, as ``candidate_scorer`` gives a user."""
-        prior, order = self._prior_order()
-        product = (self._sequence_profile(items, events) @ self.matrix_).tocsr()
-        return PriorPlusSparse(product, prior, order, excluded_row(exclude, len(prior)))
+    def sequence_scorer(self) -> SequenceScorer:
+        """A sequence's sparse row of profile @ matrix plus the prior, as ``candidate_scorer`` gives a user."""
+        prior = self._prior()
+
+        def sparse(items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
+            product = (self._sequence_profile(items, events) @ self.matrix_).tocsr()
+            return PriorPlusSparse(product, prior, excluded_row(exclude, len(prior.values)))
+
+        return sparse
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The source's own profile of the sequence (its recency weighting) times its item x item matrix."""
@@ -111,11 +115,10 @@ class ItemToItem(Recommender):
         return sp.csr_matrix((weights, (np.zeros(int(keep.sum()), dtype=np.int64), items[keep])),
                              shape=(1, self.matrix_.shape[1]))
 
-    def _prior_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """The per-item prior ``adjust`` adds (in the dtype of profile @ matrix) and its item order (kept)."""
+    def _prior(self) -> Prior:
+        """The per-item prior ``adjust`` adds (in the dtype of profile @ matrix), its order sorted once."""
         n_items = self.matrix_.shape[1]
-        prior = self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0]
-        return prior, prepared("order", (prior,), lambda: item_order(prior.astype(np.float32)))
+        return Prior.of(self.adjust(np.zeros((1, n_items), dtype=(self.profile_[:0] @ self.matrix_).dtype))[0])
 
     def pair_strength(self, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """``matrix_[anchor, target]``: how strongly the source leads from the anchor item to the target item."""

@@ -93,21 +93,41 @@ def csr_pairs(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols:
     """``matrix[rows[i], cols[i]]`` of a CSR matrix (0 where nothing is stored), rows in any order, indices unsorted.
 
     Queries are answered row by row through a dense scratch row, so a row of 30,000 entries costs one pass however
-    many of its cells are asked for.
+    many of its cells are asked for; when the asked rows hold far fewer entries than the matrix has columns (one
+    session's row of a 4M-item catalogue: zeroing the scratch row alone cost 0.4 ms), each row is sorted and
+    searched instead.
     """
-    scratch = np.zeros(n_cols, dtype=data.dtype)
     out = np.zeros(len(rows), dtype=data.dtype)
     by_row = np.argsort(rows, kind="mergesort")
+    entries = 0
     i = 0
     while i < len(by_row):
         r = rows[by_row[i]]
-        for j in range(indptr[r], indptr[r + 1]):
-            scratch[indices[j]] = data[j]
+        entries += indptr[r + 1] - indptr[r]
         while i < len(by_row) and rows[by_row[i]] == r:
-            out[by_row[i]] = scratch[cols[by_row[i]]]
             i += 1
-        for j in range(indptr[r], indptr[r + 1]):
-            scratch[indices[j]] = 0
+    dense = n_cols <= 4 * (entries + len(rows))
+    scratch = np.zeros(n_cols if dense else 0, dtype=data.dtype)
+    i = 0
+    while i < len(by_row):
+        r = rows[by_row[i]]
+        start, end = indptr[r], indptr[r + 1]
+        if dense:
+            for j in range(start, end):
+                scratch[indices[j]] = data[j]
+            while i < len(by_row) and rows[by_row[i]] == r:
+                out[by_row[i]] = scratch[cols[by_row[i]]]
+                i += 1
+            for j in range(start, end):
+                scratch[indices[j]] = 0
+        else:
+            order = np.argsort(indices[start:end])
+            keys = indices[start:end][order]
+            while i < len(by_row) and rows[by_row[i]] == r:
+                pos = np.searchsorted(keys, cols[by_row[i]])
+                if pos < len(keys) and keys[pos] == cols[by_row[i]]:
+                    out[by_row[i]] = data[start + order[pos]]
+                i += 1
     return out
 
 

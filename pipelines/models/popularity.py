@@ -12,8 +12,10 @@ import scipy.sparse as sp
 from pipelines.features.interactions import Interactions, PartedHistory, event_weight_table
 from pipelines.models.base import (
     DenseScores,
+    Prior,
     PriorPlusSparse,
     Recommender,
+    SequenceScorer,
     Targets,
     UserScores,
     best_per_row,
@@ -84,23 +86,23 @@ class Popularity(Recommender):
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """One order for everyone, sorted once; a user's list skips their seen items in it."""
-        prior, order = self._prior_order()
+        prior = Prior.of(np.array(self.item_scores_, dtype=np.float32))  # what every dense row holds
 
         def sparse(users: np.ndarray) -> UserScores:
             excluded = self.history.seen[users] if exclude_seen else None
-            return PriorPlusSparse(sp.csr_matrix((len(users), len(prior)), dtype=np.float32), prior, order, excluded)
+            return PriorPlusSparse(sp.csr_matrix((len(users), len(prior.values)), dtype=np.float32), prior, excluded)
 
         return sparse
 
-    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
-        """The popular items, the sequence's excluded ones skipped."""
-        prior, order = self._prior_order()
-        return PriorPlusSparse(sp.csr_matrix((1, len(prior)), dtype=np.float32), prior, order,
-                               excluded_row(exclude, len(prior)))
+    def sequence_scorer(self) -> SequenceScorer:
+        """The popular items for any sequence, its excluded ones skipped."""
+        prior = Prior.of(np.array(self.item_scores_, dtype=np.float32))
 
-    def _prior_order(self) -> tuple[np.ndarray, np.ndarray]:
-        prior = np.array(self.item_scores_, dtype=np.float32)  # what every dense row holds
-        return prior, prepared("order", (prior,), lambda: item_order(prior))
+        def sparse(items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
+            n_items = len(prior.values)
+            return PriorPlusSparse(sp.csr_matrix((1, n_items), dtype=np.float32), prior, excluded_row(exclude, n_items))
+
+        return sparse
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The same list for any sequence: the popular items."""
@@ -129,7 +131,7 @@ class CategoryPopularity(Recommender):
         cat_slot = np.where(cat >= 0, cat, n_cat - 1)
         cat_total = np.bincount(cat_slot, weights=pop, minlength=n_cat)
         self.item_share_ = (pop / np.maximum(cat_total[cat_slot], 1e-9)).astype(np.float32)
-        self.cat_slot_ = cat_slot
+        self.cat_slot_, self.n_slots_ = cat_slot, n_cat
         self.prior_ = popularity_prior(pop)
         return self._attach(Interactions.empty(history.vocab))
 
@@ -142,11 +144,14 @@ class CategoryPopularity(Recommender):
     def _attach(self, part: Interactions) -> Self:
         self._history = part
         self.affinity_ = self._affinity(part.user, part.item, part.event, part.n_users)
+        self.__dict__.pop("_sparse_ok", None)
         return self
 
     def _affinity(self, users: np.ndarray, items: np.ndarray, events: np.ndarray, n_users: int) -> sp.csr_matrix:
         """User x category-slot shares of the users' event weights (rows sum to 1, or 0 without known categories)."""
-        n_cat = int(self.item_category.max(initial=-1)) + 2  # as in fit: the last slot is "unknown"
+        n_cat = self.__dict__.get("n_slots_")  # as in fit: the last slot is "unknown"
+        if n_cat is None:  # a model pickled before fit kept it: counted once (a pass over the catalogue)
+            n_cat = self.n_slots_ = int(self.item_category.max(initial=-1)) + 2
         table = event_weight_table(self.event_weights)
         slot = self.cat_slot_[items]
         known = slot != n_cat - 1  # an unknown category says nothing about taste
@@ -164,8 +169,12 @@ class CategoryPopularity(Recommender):
     def sparse_scores(self) -> bool:  # type: ignore[override]
         """Exact without dense rows when affinities, shares and priors are finite float32 >= 0 (an item then scores
         at least its prior, and more share means no less score); negative event weights fall back to dense rows."""
-        parts = (self.affinity_.data, self.item_share_, self.prior_)
-        return all(p.dtype == np.float32 and np.isfinite(p).all() and not (p < 0).any() for p in parts)
+        ok = self.__dict__.get("_sparse_ok")
+        if ok is None:  # checked once per fitted / attached state: at 4M items a check costs milliseconds
+            parts = (self.affinity_.data, self.item_share_, self.prior_)
+            ok = self._sparse_ok = all(p.dtype == np.float32 and np.isfinite(p).all() and not (p < 0).any()
+                                       for p in parts)
+        return ok
 
     def candidate_scorer(self, exclude_seen: bool = True) -> Callable[[np.ndarray], UserScores]:
         """Per category its items by share (sorted once), and the prior order for the items of other categories."""
@@ -179,12 +188,20 @@ class CategoryPopularity(Recommender):
 
         return sparse
 
-    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores:
-        """The sequence's category affinities through ``CategoryScores``, as ``candidate_scorer`` scores a user."""
-        affinity = self._sequence_affinity(items, events)
-        if not self.sparse_scores or (affinity.data < 0).any():
-            return super().sequence_scorer(items, events, exclude)
-        return CategoryScores(self._index(), affinity, excluded_row(exclude, len(self.cat_slot_)))
+    def sequence_scorer(self) -> SequenceScorer:
+        """The sequence's category affinities through ``CategoryScores``, as ``candidate_scorer`` scores a user
+        (dense rows when the weights are not all >= 0)."""
+        if not self.sparse_scores:
+            return super().sequence_scorer()
+        index, dense = self._index(), super().sequence_scorer()
+
+        def sparse(items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+            affinity = self._sequence_affinity(items, events)
+            if (affinity.data < 0).any():
+                return dense(items, events, exclude)
+            return CategoryScores(index, affinity, excluded_row(exclude, len(self.cat_slot_)))
+
+        return sparse
 
     def score_sequence(self, items: np.ndarray, events: np.ndarray) -> np.ndarray:
         """Category shares of the sequence's own events, as for a fitted user with that history."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.models.base import Recommender, UserScores, excluded_row
+from pipelines.models.base import Recommender, SequenceScorer, UserScores, excluded_row
 from pipelines.models.kernels import csr_pairs
 from pipelines.models.vector_index import VectorIndex
 
@@ -94,15 +94,20 @@ class VectorRecommender(Recommender):
 
         return indexed
 
-    def sequence_scorer(self, items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+    def sequence_scorer(self) -> SequenceScorer:
         """With an index, the sequence's vector searched in it (exact pair scores); else the dense row."""
-        if self.index_ is None:
-            return super().sequence_scorer(items, events, exclude)
-        query = self.sequence_vector(items, events)
-        if query is None:
-            return None
+        index = self.index_
+        if index is None:
+            return super().sequence_scorer()
         vectors = self.item_vectors()
-        return VectorScores(query, vectors, self.index_, excluded_row(exclude, len(vectors)))
+
+        def indexed(items: np.ndarray, events: np.ndarray, exclude: np.ndarray | None) -> UserScores | None:
+            query = self.sequence_vector(items, events)
+            if query is None:
+                return None
+            return VectorScores(query, vectors, index, excluded_row(exclude, len(vectors)))
+
+        return indexed
 
     def index_items(self, min_items: int) -> None:
         """Index the current item vectors if there are at least ``min_items`` (fewer drop any index: exact scoring).

@@ -31,7 +31,6 @@ from pipelines.models.base import (
     Ranked,
     Recommender,
     Targets,
-    UserScores,
     explain,
     pad_columns,
     recent_items,
@@ -234,6 +233,7 @@ class TwoStage(Recommender):
         self.sources = {name: s.attach(part) for name, s in self.sources.items()}
         self._history = part
         self.__dict__.pop("_context", None)
+        self.__dict__.pop("_kept_scorers", None)
         return self
 
     def rank(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> Ranked:
@@ -253,23 +253,18 @@ class TwoStage(Recommender):
         fitted history, and propose nothing for an anonymous one (their features are then missing).
         """
         items, events = np.asarray(items, dtype=np.int64), np.asarray(events, dtype=np.int64)
+        n_items = self.history.n_items
         seen = items if exclude_seen or self.exclude_seen else None
-        scores = {name: self._source_sequence(source, items, events, seen, user)
-                  for name, source in self.sources.items()}
+        scorers = self._scorers("sequence", lambda source: source.sequence_scorer())
+        known = self._scorers("user", lambda source: source.candidate_scorer(exclude_seen=False))
+        scores = {}
+        for name, scorer in scorers.items():
+            scores[name] = scorer(items, events, seen)
+            if scores[name] is None:  # the source cannot score a sequence: the known user, the session excluded
+                scores[name] = Excluding(known[name](np.array([user])), seen) if user >= 0 else NoScores(1, n_items)
         cands = pool_scores(np.zeros(1, dtype=np.int64), scores, self.n_per_source)  # row 0 of the context
         return self._ranked(self._scored(cands, self._sequence_context(items, events), user_codes=np.full(1, user)),
                             k, sequence_recent(items))
-
-    def _source_sequence(self, source: Recommender, items: np.ndarray, events: np.ndarray, seen: np.ndarray | None,
-                         user: int) -> UserScores:
-        """One source's scores of the sequence; a source that cannot score one scores the known ``user`` from its
-        fitted history (the sequence's items still excluded), and nothing at all for an anonymous one."""
-        scores = source.sequence_scorer(items, events, seen)
-        if scores is not None:
-            return scores
-        if user < 0:
-            return NoScores(1, self.history.n_items)
-        return Excluding(source.candidate_scorer(exclude_seen=False)(np.array([user])), seen)
 
     def component_lists(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> dict[str, np.ndarray]:
         """Every ranker's list over the same pools (``ranker:NAME``) and every source's own (``source:NAME``)."""
@@ -306,7 +301,7 @@ class TwoStage(Recommender):
 
     def _sequence_context(self, items: np.ndarray, events: np.ndarray) -> FeatureContext:
         """Features of a one-user history holding the sequence; item features stay those of the model's history."""
-        vocab = Vocab(users=np.array(["<sequence>"], dtype=object), items=self.history.vocab.items)
+        vocab = Vocab(users=np.array(["<sequence>"], dtype=object), items=self.history.vocab.arrow_items)
         one = Interactions(vocab, np.zeros(len(items), dtype=np.int32), items.astype(np.int32), events.astype(np.int8),
                            np.zeros(len(items), dtype=np.int64))
         return FeatureContext(one, self.info, self.popularity_)  # what the catalogue did, not what one user did
@@ -328,7 +323,17 @@ class TwoStage(Recommender):
 
     def _score_batch(self, users: np.ndarray, context: FeatureContext, exclude_seen: bool) -> Scored:
         """Candidates of known ``users`` with their features (``context`` describes the users' history)."""
-        return self._scored(generate_candidates(self.sources, users, self.n_per_source, exclude_seen), context)
+        scorers = self._scorers(f"candidates {exclude_seen}", lambda source: source.candidate_scorer(exclude_seen))
+        return self._scored(generate_candidates(self.sources, users, self.n_per_source, exclude_seen, scorers=scorers),
+                            context)
+
+    def _scorers(self, kind: str, make: Callable[[Recommender], Any]) -> dict[str, Any]:
+        """Each source's scorer of a ``kind`` (``candidate_scorer`` / ``sequence_scorer``), made once per attached
+        history: what they prepare (item orders of 4M items) is then not looked up again for every request."""
+        kept = self.__dict__.setdefault("_kept_scorers", {})
+        if kind not in kept:
+            kept[kind] = {name: make(source) for name, source in self.sources.items()}
+        return kept[kind]
 
     def _scored(self, cands: Candidates, context: FeatureContext, user_codes: np.ndarray | None = None) -> Scored:
         """``cands`` with their features; ``user_codes`` per user replace the context's row codes for the rankers."""
@@ -348,6 +353,7 @@ class TwoStage(Recommender):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_context", None)
+        state.pop("_kept_scorers", None)
         return state
 
 

