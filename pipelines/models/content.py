@@ -23,6 +23,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.preprocessing import normalize
 
+from pipelines.models.base import contains
+
 N_FEATURES = 1 << 20
 CONTENT_FILE = "content.joblib"  # the index shipped in a model directory
 WORD = re.compile(r"(?u)\b\w\w+\b")
@@ -129,10 +131,13 @@ class ContentIndex:
     def neighbours(self, query: sp.csr_matrix, k: int, among: np.ndarray | None = None,
                    exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` item codes most similar to ``query`` (one row, or several rows that are summed) with their
-        cosine, best first, lower code first on ties; only codes in ``among`` when given, never ``exclude``."""
+        cosine, best first, lower code first on ties; only codes in ``among`` (sorted, distinct) when given, never
+        ``exclude``. ``among`` is searched, not scanned: in a large catalogue most items may be new (millions)."""
         q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
+        if among is not None:
+            among = np.asarray(among, dtype=np.int64)
         if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
-            codes = np.unique(np.asarray(among, dtype=np.int64))
+            codes = among
             values = (self.item_vectors(codes) @ q.T).toarray().ravel().astype(np.float32)
             hit = values > 0
             codes, values = codes[hit], values[hit]
@@ -140,14 +145,14 @@ class ContentIndex:
             codes, values = self._walk(q, among)
         keep = ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
         if among is not None:
-            keep &= np.isin(codes, among)
+            keep &= contains(among, codes)
         codes, values = codes[keep], values[keep]
         order = np.lexsort((codes, -values))[:k]
         return codes[order], values[order]
 
     def _walk(self, q: sp.csr_matrix, among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Every item sharing a token with ``q`` and its cosine, through the inverted index and the extra rows."""
-        if among is None or np.any(among < self.base.shape[0]):
+        if among is None or (len(among) and among[0] < self.base.shape[0]):
             base = (q @ self.base_index).tocsr()
         else:  # only added products asked for: the trained catalogue's index is not walked
             base = sp.csr_matrix((1, self.base.shape[0]), dtype=np.float32)
