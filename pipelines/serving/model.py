@@ -148,6 +148,15 @@ def resolve_model_dir(root: str | Path = ".", ref: str = "champion") -> Path:
     raise ShoprecError(f"nothing to serve under {Path(root).resolve()}: no model registry and no models/champion")
 
 
+@dataclass(frozen=True)
+class Recent:
+    """Known users' newest events (item and event-type codes, oldest first): user u's are [bounds[u]:bounds[u+1]]."""
+
+    bounds: np.ndarray
+    items: np.ndarray
+    events: np.ndarray
+
+
 class ServingModel:
     """A trained ``Recommender`` (two-stage or single) with its catalogue, explanations and fallbacks.
 
@@ -196,6 +205,7 @@ class ServingModel:
         self._by_category: tuple[np.ndarray, np.ndarray] | None = None
         self._global: _Part | None = None
         self.store: Ranked | None = None
+        self.recent: Recent | None = None
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -282,12 +292,13 @@ class ServingModel:
         """Codes of the products added since training: what exploration slots and content neighbours propose."""
         return np.arange(self.n_model_items, len(self.item_ids))
 
-    def attach_store(self, store: Ranked, model_id: str) -> bool:
-        """Answer known users from precomputed lists, if they were computed by this very model."""
+    def attach_store(self, store: Ranked, model_id: str, recent: Recent | None = None) -> bool:
+        """Answer known users from precomputed lists, if they were computed by this very model; ``recent``: the
+        store's newest events per user, the history of users the model itself holds none of (trained on parts)."""
         if model_id != self.model_id or store.items.shape[0] != self.history_.n_users:
             log.warning("serving store is stale (model %s, store %s): scoring on the fly", self.model_id, model_id)
             return False
-        self.store = store
+        self.store, self.recent = store, recent
         return True
 
     def warm_up(self) -> None:
@@ -334,6 +345,9 @@ class ServingModel:
         if user < 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         bounds = self.history_.user_bounds
+        if bounds[user + 1] == bounds[user] and self.recent is not None:  # a model trained on parts: the store's
+            span = slice(self.recent.bounds[user], self.recent.bounds[user + 1])
+            return self.recent.items[span], self.recent.events[span]
         span = slice(bounds[user], bounds[user + 1])
         return self.history_.item[span].astype(np.int64), self.history_.event[span].astype(np.int64)
 

@@ -1,7 +1,8 @@
 """Precomputed top-K lists of every known user, so the API answers them in microseconds instead of milliseconds.
 
 A store is a directory (default ``<root>/serving``) written atomically: ``recommendations.parquet`` (user_id,
-rank, item_id, score, source, reason, related_item_id) and ``manifest.json`` (the model id it was computed
+rank, item_id, score, source, reason, related_item_id), ``history.parquet`` (each user's newest events as codes of
+the model's vocabulary: what the API ranks live events after) and ``manifest.json`` (the model id it was computed
 with, k, counts). The lists are the model's ``rank`` with the user's seen items excluded, exactly what the API
 computes on the fly, and ignore business rules, which the API applies per request; a store whose model id
 differs from the served model's is stale and not used.
@@ -23,14 +24,19 @@ import pyarrow.parquet as pq
 from pipelines.core.atomic import atomic_dir, read_json, write_json
 from pipelines.core.engine import imap_parts
 from pipelines.core.errors import ShoprecError
-from pipelines.features.interactions import PartedHistory
+from pipelines.features.interactions import Interactions, PartedHistory
 from pipelines.models.base import Ranked
-from pipelines.serving.model import ServingModel
+from pipelines.serving.model import Recent, ServingModel
 
 log = logging.getLogger(__name__)
 
 LISTS_FILE = "recommendations.parquet"
+HISTORY_FILE = "history.parquet"
 MANIFEST_FILE = "manifest.json"
+# newest events kept per user: a model trained on parts holds no user history, so the API reads a known user's
+# recent history from here to rank it with the live events (no source reads further back: history_len 20, SASRec 50)
+STORE_HISTORY = 50
+HISTORY_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()), ("event", pa.int8())])
 BATCH_USERS = 1024
 LISTS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int16()), ("item_id", pa.string()),
                           ("score", pa.float32()), ("source", pa.string()), ("reason", pa.string()),
@@ -73,9 +79,11 @@ def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 1
     model = ServingModel.load(model_dir)
     users_total = rows = 0
     with atomic_dir(out_dir) as tmp:
-        with pq.ParquetWriter(tmp / LISTS_FILE, LISTS_SCHEMA) as writer:
-            for users, table in _part_tables(model, features_dir, k):
+        with (pq.ParquetWriter(tmp / LISTS_FILE, LISTS_SCHEMA) as writer,
+              pq.ParquetWriter(tmp / HISTORY_FILE, HISTORY_SCHEMA) as history_writer):
+            for users, table, recent in _part_tables(model, features_dir, k):
                 writer.write_table(table)
+                history_writer.write_table(recent)
                 users_total, rows = users_total + users, rows + table.num_rows
                 log.info("batch part written users=%d rows=%d", users, table.num_rows)
         seconds = round(time.perf_counter() - start, 2)
@@ -87,10 +95,13 @@ def write_recommendations(model_dir: str | Path, out_dir: str | Path, k: int = 1
     return summary | {"out_dir": str(Path(out_dir).resolve())}
 
 
-def _part_tables(model: ServingModel, features_dir: str | Path | None, k: int) -> Iterator[tuple[int, pa.Table]]:
-    """(users, rows of their lists) per part: the model's own history, or each part of ``features_dir``."""
+def _part_tables(model: ServingModel, features_dir: str | Path | None,
+                 k: int) -> Iterator[tuple[int, pa.Table, pa.Table]]:
+    """(users, rows of their lists, their recent events) per part: the model's own history, or each part of
+    ``features_dir``."""
     if len(model.history_) or features_dir is None:
-        yield _lists_table(model, lambda users, k: model.top_lists(users, k), np.arange(model.history_.n_users), k)
+        users = np.arange(model.history_.n_users)
+        yield *_lists_table(model, lambda users, k: model.top_lists(users, k), users, k), _recent(model.history_)
         return
     from pipelines.features.encode import load_features
     from pipelines.models.train import ALL_EVENTS
@@ -104,12 +115,35 @@ def _part_tables(model: ServingModel, features_dir: str | Path | None, k: int) -
     yield from imap_parts(_attached_part_table, [(model, history, i, k) for i in range(len(history))])
 
 
-def _attached_part_table(model: ServingModel, history: PartedHistory, i: int, k: int) -> tuple[int, pa.Table]:
-    """The lists of part ``i``'s users, ranked by the model attached to that part (a task on a cluster)."""
+def _attached_part_table(model: ServingModel, history: PartedHistory, i: int,
+                         k: int) -> tuple[int, pa.Table, pa.Table]:
+    """The lists of part ``i``'s users, ranked by the model attached to that part, and their recent events (a task
+    on a cluster)."""
     part = history.part(i)
     attached = model.model.attach(part)
-    return _lists_table(model, lambda users, k: attached.rank(users, k, True), np.unique(part.user).astype(np.int64),
-                        k)
+    users = np.unique(part.user).astype(np.int64)
+    return *_lists_table(model, lambda users, k: attached.rank(users, k, True), users, k), _recent(part)
+
+
+def _recent(history: Interactions) -> pa.Table:
+    """Each user's newest ``STORE_HISTORY`` events of ``history`` (codes, oldest first)."""
+    keep = history.steps_back < STORE_HISTORY
+    return pa.Table.from_arrays([pa.array(history.user[keep].astype(np.int32)),
+                                 pa.array(history.item[keep].astype(np.int32)),
+                                 pa.array(history.event[keep].astype(np.int8))], schema=HISTORY_SCHEMA)
+
+
+def read_recent(store_dir: Path, n_users: int) -> Recent | None:
+    """The store's recent events per user (None for a store written before it kept them)."""
+    path = store_dir / HISTORY_FILE
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    user = table["user"].to_numpy()
+    order = np.argsort(user, kind="stable")  # parts arrive in any order; each user's events stay in time order
+    bounds = np.r_[0, np.cumsum(np.bincount(user, minlength=n_users))]
+    return Recent(bounds, table["item"].to_numpy()[order].astype(np.int64),
+                  table["event"].to_numpy()[order].astype(np.int64))
 
 
 def _lists_table(model: ServingModel, rank: RankFn, users: np.ndarray, k: int) -> tuple[int, pa.Table]:
@@ -148,4 +182,5 @@ def attach_store(model: ServingModel, store_dir: str | Path) -> bool:
     scores[user, col] = frame["score"].to_numpy(np.float32)
     sources[user, col] = frame["source"].map(model.source_index).fillna(-1).to_numpy(np.int16)
     related[user, col] = model.item_index.get_indexer(frame["related_item_id"].fillna(""))
-    return model.attach_store(Ranked(items, scores, sources, related), manifest["model_id"])
+    return model.attach_store(Ranked(items, scores, sources, related), manifest["model_id"],
+                              read_recent(Path(store_dir), n_users))

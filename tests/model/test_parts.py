@@ -87,3 +87,30 @@ def test_batch_lists_of_a_parted_model_come_part_by_part(stores: dict[int, Featu
     expected = serving.attach(part).rank(np.array([user]), 10).items[0]
     got = lists[lists["user_id"] == store.vocab.users[user]].sort_values("rank")["item_id"].tolist()
     assert got == [store.vocab.items[i] for i in expected if i >= 0]
+
+
+def test_a_parted_models_api_ranks_live_events_after_the_stored_history(stores: dict[int, FeatureStore], tmp_path):
+    """A model trained on parts holds no user history; the store keeps each user's newest events, so a known
+    shopper's live event is ranked after their own history, as the model attached to their part would rank it."""
+    from pipelines.models.train import ALL_EVENTS, run_train
+    from pipelines.serving.model import ServingModel
+    from pipelines.serving.store import STORE_HISTORY, attach_store, write_recommendations
+
+    store = stores[4]
+    run_train(store.root, tmp_path / "model", FAST)
+    write_recommendations(tmp_path / "model", tmp_path / "serving", k=10, features_dir=store.root)
+    served = ServingModel.load(tmp_path / "model")
+    assert not len(served.history_)  # nothing of the users in the model itself
+    assert attach_store(served, tmp_path / "serving")
+    part = store.histories(ALL_EVENTS).part(1)
+    user = int(part.user[0])
+    span = slice(part.user_bounds[user], part.user_bounds[user + 1])
+    items, events = served._user_events(user)
+    np.testing.assert_array_equal(items, part.item[span][-STORE_HISTORY:])
+    np.testing.assert_array_equal(events, part.event[span][-STORE_HISTORY:])
+    viewed = int(part.item[span][0])
+    got = served.recommend(str(store.vocab.users[user]), 10,
+                           recent_events=[{"item_id": str(store.vocab.items[viewed]), "event_type": "view"}])
+    sequence = np.r_[items, viewed]
+    expected = served.model.attach(part).rank_sequence(sequence, np.r_[events, 0], 10, True, user).items[0]
+    assert [r.item_id for r in got][:5] == [str(store.vocab.items[i]) for i in expected[:5]]
