@@ -345,13 +345,13 @@ def run_benchmark(root: Path, rate: float, duration_s: float, saturate_s: float,
     }
 
 
-def markdown(result: dict[str, Any], command: str) -> str:
+def markdown(result: dict[str, Any], command: str, miss_target_ms: float = 20.0) -> str:
     lat, load, ctl = result["latency"], result["load_at_start"], result["healthz_latency"]
     ev = result["event_to_list"]
     p99_ok = lat["p99_ms"] <= 20 and lat["achieved_rps"] >= 0.98 * lat["target_rps"]
     ratio_ok = result["ratio"] >= 0.6
     miss, miss_ctl = result["miss_latency"], result["miss_healthz_latency"]
-    miss_ok = miss["p99_ms"] <= 20 and miss["achieved_rps"] >= 0.98 * miss["target_rps"]
+    miss_ok = miss["p99_ms"] <= miss_target_ms and miss["achieved_rps"] >= 0.98 * miss["target_rps"]
     return "\n".join([
         f"Run {result['at']} on {result['cpus']} cores, load average at start {load[0]} / {load[1]} / {load[2]} "
         f"(1 / 5 / 15 min; other work on the machine counts), model version {result['model_version']}, "
@@ -387,7 +387,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"| answered from the response cache | {miss['cache_hit_share']:.0%} | |",
         f"| machine CPU busy / server waiting for a CPU | {miss['machine_cpu_busy']:.0%} / "
         f"{miss['server_run_queue_s']} s | |",
-        f"| target p99 <= 20 ms at {miss['target_rps']:.0f} req/s | {'met' if miss_ok else 'NOT met'} | |",
+        f"| target p99 <= {miss_target_ms:.0f} ms at {miss['target_rps']:.0f} req/s | "
+        f"{'met' if miss_ok else 'NOT met'} | |",
         "",
         "| saturation (closed loop) | req/s (two runs) | server CPU per request | errors |",
         "| --- | --- | --- | --- |",
