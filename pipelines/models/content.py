@@ -94,6 +94,9 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) != ""
 
 
+WALK_POSTINGS = 50_000  # postings of q's rarest tokens walked before the bound may stop the walk
+
+
 class ContentIndex:
     """Cosine neighbours of items by content; ``ContentIndex.fit(catalogue)``, then ``add`` new or changed items."""
 
@@ -134,6 +137,7 @@ class ContentIndex:
         cosine, best first, lower code first on ties; only codes in ``among`` (sorted, distinct) when given, never
         ``exclude``. ``among`` is searched, not scanned: in a large catalogue most items may be new (millions)."""
         q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
+        exclude_codes = np.fromiter(exclude, dtype=np.int64)
         if among is not None:
             among = np.asarray(among, dtype=np.int64)
         if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
@@ -142,25 +146,66 @@ class ContentIndex:
             hit = values > 0
             codes, values = codes[hit], values[hit]
         else:
-            codes, values = self._walk(q, among)
-        keep = ~np.isin(codes, np.fromiter(exclude, dtype=np.int64))
+            codes, values = self._walk(q, among, k + len(exclude_codes))
+        keep = ~np.isin(codes, exclude_codes)
         if among is not None:
             keep &= contains(among, codes)
         codes, values = codes[keep], values[keep]
         order = np.lexsort((codes, -values))[:k]
         return codes[order], values[order]
 
-    def _walk(self, q: sp.csr_matrix, among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Every item sharing a token with ``q`` and its cosine, through the inverted index and the extra rows."""
+    def _walk(self, q: sp.csr_matrix, among: np.ndarray | None, need: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items sharing a token with ``q`` and their cosine, through the inverted index and the extra rows: every
+        such item, or (``_rare_walk``) a subset that surely holds the ``need`` best of ``among``."""
         if among is None or (len(among) and among[0] < self.base.shape[0]):
-            base = (q @ self.base_index).tocsr()
+            base_codes, base_values = self._rare_walk(q, among, need)
         else:  # only added products asked for: the trained catalogue's index is not walked
-            base = sp.csr_matrix((1, self.base.shape[0]), dtype=np.float32)
-        unchanged = ~np.isin(base.indices, self.extra_codes)  # a changed item answers with its extra row
+            base_codes, base_values = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        unchanged = ~np.isin(base_codes, self.extra_codes)  # a changed item answers with its extra row
         extra = (self.extra @ q.T).toarray().ravel() if len(self.extra_codes) else np.zeros(0, np.float32)
         hit = extra > 0
-        codes = np.r_[base.indices[unchanged].astype(np.int64), self.extra_codes[hit]]
-        return codes, np.r_[base.data[unchanged], extra[hit]].astype(np.float32)
+        codes = np.r_[base_codes[unchanged].astype(np.int64), self.extra_codes[hit]]
+        return codes, np.r_[base_values[unchanged], extra[hit]].astype(np.float32)
+
+    def _rare_walk(self, q: sp.csr_matrix, among: np.ndarray | None, need: int) -> tuple[np.ndarray, np.ndarray]:
+        """Base items sharing a token with ``q`` and their cosine, walking q's rarest tokens first.
+
+        A token every item has (a catalogue-wide attribute) makes a full walk touch the whole catalogue: 0.8 s per
+        query at 4M items. So the rare tokens are walked first (up to ``WALK_POSTINGS`` postings) and their items
+        scored exactly; an item reached by none of them scores at most what the other tokens can add (q's weight
+        times the token's largest weight in any item), so when the ``need``-th best found (of ``among``) beats that
+        bound, the found items hold the top ``need`` and the walk stops. Otherwise every token is walked.
+        """
+        index = self.base_index
+        tokens, weights = q.indices, q.data
+        postings = np.diff(index.indptr)[tokens]
+        order = np.argsort(postings, kind="stable")
+        tokens, weights, postings = tokens[order], weights[order], postings[order]
+        walked = int(np.searchsorted(np.cumsum(postings), WALK_POSTINGS, side="right"))
+        if 0 < walked < len(tokens):
+            bound = float(np.sum(weights[walked:] * self._token_max()[tokens[walked:]]))
+            found = np.unique(np.concatenate([index.indices[index.indptr[t]: index.indptr[t + 1]]
+                                              for t in tokens[:walked]])).astype(np.int64)
+            if among is not None:
+                found = found[contains(among, found)]
+            if len(found) >= need:
+                values = (self.base[found] @ q.T).toarray().ravel().astype(np.float32)
+                if np.partition(values, len(values) - need)[len(values) - need] > bound:
+                    return found, values
+        base = (q @ index).tocsr()
+        return base.indices.astype(np.int64), base.data
+
+    def _token_max(self) -> np.ndarray:
+        """float32 per token: its largest weight in any base item (0 for tokens no item has); built once."""
+        kept = self.__dict__.get("_token_maxima")
+        if kept is None:
+            index = self.base_index
+            kept = np.zeros(index.shape[0], dtype=np.float32)
+            rows = np.flatnonzero(np.diff(index.indptr))
+            if len(rows):
+                kept[rows] = np.maximum.reduceat(index.data, index.indptr[rows])
+            self._token_maxima = kept
+        return kept
 
     def item_vectors(self, codes: np.ndarray) -> sp.csr_matrix:
         """The current content rows of item ``codes`` (extra rows override base rows; unknown codes are empty)."""
