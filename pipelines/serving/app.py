@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from pipelines.core.errors import ShoprecError
+from pipelines.serving.impressions import ImpressionBacklog
 from pipelines.serving.live import session_shopper, shopper_of, user_shopper
 from pipelines.serving.middleware import BodyLimit, CachedFastPath
 from pipelines.serving.model import Recommendation, ServingModel, UnknownCategory, UnknownItem
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, model: ServingModel | None = No
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(UnknownCategory, _not_found)
     app.add_exception_handler(UnknownItem, _not_found)
+    app.add_exception_handler(ImpressionBacklog, _unavailable)
     for add_routes in (_ops, _recommendations, _admin):
         add_routes(app, state)
     return app
@@ -80,6 +82,10 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
 
 async def _not_found(request: Request, exc: ShoprecError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _unavailable(request: Request, exc: ShoprecError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 def _ops(app: FastAPI, state: ServingState) -> None:
@@ -146,7 +152,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
         posted events get category then global popularity (``known_user`` false)."""
         body = await _shopper_list(state, state.current(), user_shopper(user_id), user_id, None, k, exclude_seen,
                                    category)
-        return Response(body, media_type=JSON)
+        return Response(await state.served(body, "user"), media_type=JSON)
 
     @app.get("/v1/sessions/{session_id}/recommendations", response_model=RecommendationsOut,
              responses=error_responses(404, 422, 503), tags=["recommendations"])
@@ -155,7 +161,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
         """Top-k for an anonymous shopper from the events posted with this ``session_id``."""
         body = await _shopper_list(state, state.current(), session_shopper(session_id), None, session_id, k,
                                    exclude_seen, category)
-        return Response(body, media_type=JSON)
+        return Response(await state.served(body, "session"), media_type=JSON)
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut,
               responses=error_responses(400, 404, 413, 422, 503), tags=["recommendations"])
@@ -171,7 +177,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
                                 events)
         known = request.user_id is not None and model.known_user(request.user_id)
         body = _recommendations_body(model, request.user_id, request.session_id, known, recs)
-        return Response(body, media_type=JSON)
+        return Response(await state.served(body, "session" if request.user_id is None else "user"), media_type=JSON)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=error_responses(404, 422, 503),
              tags=["recommendations"])
@@ -184,7 +190,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
             body = encode({"item_id": item_id, "model_version": model.version,
                            "items": model.similar(item_id, k)})
             await state.cache.set(key, body)
-        return Response(body, media_type=JSON)
+        return Response(await state.served(body, "similar"), media_type=JSON)
 
 
 def require_admin(request: Request,

@@ -135,7 +135,7 @@ def write_batch(directory: Path, table: pa.Table) -> str:
     name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
     if not directory.is_dir():
         directory.mkdir(parents=True)
-        _fsync_dir(directory.parent)  # the new directory's own entry must be durable too
+        fsync_dir(directory.parent)  # the new directory's own entry must be durable too
     tmp = directory / f".{name}.tmp"
     try:
         with tmp.open("wb") as fh:
@@ -145,11 +145,11 @@ def write_batch(directory: Path, table: pa.Table) -> str:
         os.replace(tmp, directory / name)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return name
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable (the directory entry itself must reach the disk)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from pipelines.serving.cache import CacheKey
+from pipelines.serving.impressions import ImpressionBacklog
 from pipelines.serving.live import session_shopper, user_shopper
 from pipelines.serving.schemas import JSON, encode
 from pipelines.serving.state import ServingState, list_key, similar_key
@@ -22,12 +23,20 @@ async def _send_json(send: Callable[..., Any], status: int, body: bytes) -> None
     await send({"type": "http.response.body", "body": body})
 
 
+def _surface(path: str) -> str:
+    """Which kind of list a route serves, as impressions record it."""
+    if path.startswith(ITEMS_PREFIX):
+        return "similar"
+    return "session" if path.startswith(SESSIONS_PREFIX) else "user"
+
+
 class CachedFastPath:
     """ASGI middleware: a GET whose response body is cached is answered before routing and parameter parsing.
 
     FastAPI's per-request parameter handling costs more than the rest of a cached answer. Only canonical requests
     are looked up (``k`` in digits, ``exclude_seen`` true or false, each parameter at most once); a hit means the
-    endpoint validated exactly these parameters when it stored the body. Everything else, and every miss, goes
+    endpoint validated exactly these parameters when it stored the body. A hit is served as a miss is: under a new
+    request id, logged as impressions first. Everything else, and every miss, goes
     through FastAPI unchanged.
     """
 
@@ -39,6 +48,11 @@ class CachedFastPath:
             key = self._key(scope["path"], scope["query_string"])
             body = await self.state.cache.get(key) if key is not None else None
             if body is not None:
+                try:
+                    body = await self.state.served(body, _surface(scope["path"]))
+                except ImpressionBacklog as exc:
+                    await _send_json(send, 503, encode({"detail": str(exc)}))
+                    return
                 await _send_json(send, 200, body)
                 return
         await self.app(scope, receive, send)

@@ -41,7 +41,12 @@ class RecommendationOut(BaseModel):
     reason: str = Field(description="short human explanation")
 
 
+REQUEST_ID = Field(description="this response's id (a new one per response, cached or not), logged with the "
+                              "list's items as impressions; feedback events may carry it to attribute themselves")
+
+
 class RecommendationsOut(BaseModel):
+    request_id: str = REQUEST_ID
     user_id: str | None
     session_id: str | None = Field(None, description="the anonymous session the list is for")
     known_user: bool = Field(description="false: a new or anonymous user, answered by the fallback chain")
@@ -50,6 +55,7 @@ class RecommendationsOut(BaseModel):
 
 
 class SimilarOut(BaseModel):
+    request_id: str = REQUEST_ID
     item_id: str
     model_version: str | None
     items: list[RecommendationOut]

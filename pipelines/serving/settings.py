@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_per_category: int | None = Field(None, ge=1, description="at most this many items of one category per list")
     explore_share: float = Field(0.1, ge=0, le=0.5, description="share of each list's slots for products added "
                                                                 "since training (0: none)")
+    impressions: bool = Field(True, description="log every served list durably before answering (request id, "
+                                                "shopper, model version, arm, items): what online experiments "
+                                                "attribute feedback to")
+    impressions_max_pending: int = Field(10_000, ge=10, description="served lists waiting for the disk at most; "
+                                                                    "past it requests get 503")
     reload_poll_s: float = Field(30.0, ge=0, description="how often to check the registry alias (0: never)")
     max_body_bytes: int = Field(262_144, ge=1024, description="larger request bodies get 413")
 

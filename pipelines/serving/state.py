@@ -17,6 +17,7 @@ from pipelines.core.errors import ShoprecError
 from pipelines.serving.cache import Cache, CacheKey, make_cache
 from pipelines.serving.catalogue import CatalogueItem, CatalogueLog
 from pipelines.serving.events import Event, EventLog
+from pipelines.serving.impressions import ImpressionLog, with_request_id
 from pipelines.serving.live import LiveEvents, LiveHistory, event_shoppers, make_live
 from pipelines.serving.model import ServingModel, registry_available
 from pipelines.serving.schemas import CatalogueAck, ReloadOut
@@ -51,6 +52,8 @@ class ServingState:
         self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self.events = EventLog(settings.events_path)
         self.catalogue = CatalogueLog(settings.events_path)
+        self.impressions = (ImpressionLog(settings.events_path, settings.impressions_max_pending)
+                            if settings.impressions else None)
         self._catalogue_applied: list[str] = []  # batches the served model holds
         self.live: LiveHistory = make_live(settings.redis_url, settings.live_max_events, settings.live_ttl_s,
                                            settings.live_max_shoppers)
@@ -80,6 +83,15 @@ class ServingState:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.cache.close()
         await self.live.close()
+        if self.impressions is not None:
+            self.impressions.close()
+
+    async def served(self, body: bytes, surface: str) -> bytes:
+        """A list's response body as sent: with a new ``request_id``, and logged as impressions (on disk first)."""
+        request_id, sent = with_request_id(body)
+        if self.impressions is not None:
+            await self.impressions.log(request_id, body, surface)
+        return sent
 
     async def record(self, events: list[Event]) -> bool:
         """After the events are in the log: add them to their shoppers' live state and drop those shoppers'

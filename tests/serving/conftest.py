@@ -117,3 +117,17 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[[], Any]]:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def listed(response: Any) -> dict[str, Any]:
+    """A list response's JSON without its request id (each response has a new one), which must be there."""
+    body = response.json()
+    assert len(body.pop("request_id")) == 32
+    return body
+
+
+def unstamped(content: bytes) -> bytes:
+    """A list response's bytes without the leading request id field."""
+    prefix = b'{"request_id":"'
+    assert content.startswith(prefix)
+    return b"{" + content[len(prefix) + 34:]

@@ -1,0 +1,185 @@
+"""Impressions: every list the API serves, logged durably with a request id before the response leaves.
+
+Online experiments (issue 15) attribute clicks, carts and purchases to the lists shoppers were shown, so each
+served list is logged: request id, time, surface (user / session / similar), arm and the response body (shopper,
+model version, items and positions); ``read_impressions`` expands them to one row per item. One fsynced file per
+request would cost a file and ~1 ms of disk each, so writes are group commits: requests hand their row to one
+writer thread and wait; the writer appends everything pending as one Arrow IPC record batch to the process's open
+segment (``<dir>/impressions/segment-<ns>-<id>.arrows``), flushes and fsyncs it, then releases all of them. A
+segment is rolled after ``SEGMENT_ROWS`` lists. A crash can leave a torn last batch, which ``read_impressions``
+ignores: only acknowledged (fsynced) batches are ever read. Pending lists are bounded: past ``max_pending`` the
+request fails (503) instead of memory growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from pipelines.core.errors import ShoprecError
+from pipelines.serving.events import fsync_dir
+
+SEGMENT_ROWS = 1_000_000
+# one row per served list: the response body as sent (without its request id) holds the shopper, model version
+# and items; parsing it here cost more than the rest of a cache hit (k=200: ~0.5 ms), so it is parsed when read
+LOG_SCHEMA = pa.schema([("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("surface", pa.string()),
+                        ("arm", pa.string()), ("body", pa.binary())])
+# what ``read_impressions`` gives: one row per listed item
+SCHEMA = pa.schema([("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("user_id", pa.string()),
+                    ("session_id", pa.string()), ("model_version", pa.string()), ("arm", pa.string()),
+                    ("surface", pa.string()), ("item_id", pa.string()), ("position", pa.int16())])
+
+
+def with_request_id(body: bytes) -> tuple[str, bytes]:
+    """A new request id and the JSON object ``body`` with it as its first field (cached bodies are shared)."""
+    request_id = uuid.uuid4().hex
+    return request_id, b'{"request_id":"' + request_id.encode() + b'",' + body[1:]
+
+
+class ImpressionBacklog(ShoprecError):
+    """More impression rows are waiting for the disk than the log holds: the request is refused (503)."""
+
+
+class ImpressionLog:
+    """Group-committed, fsynced impression rows; ``await log.served(body, surface, arm)`` per response."""
+
+    def __init__(self, directory: str | Path, max_pending: int = 10_000):
+        self.directory = Path(directory) / "impressions"
+        self.max_pending = max_pending
+        self._pending: list[tuple[list[tuple[Any, ...]], Future[None]]] = []
+        self._pending_rows = 0
+        self._lock = threading.Condition()
+        self._closed = False
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._file: Any = None
+        self._segment_rows = 0
+        self._thread: threading.Thread | None = None  # started by the first submit
+
+    async def log(self, request_id: str, body: bytes, surface: str, arm: str = "champion") -> None:
+        """Log the list in ``body`` (a recommendations or similar-items response) as ``request_id``; returns once
+        it is on disk."""
+        await asyncio.wrap_future(self.submit([(request_id, time.time_ns() // 1000, surface, arm, body)]))
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
+        """Queue ``rows`` for the next group commit; the future completes once they are fsynced."""
+        done: Future[None] = Future()
+        with self._lock:
+            if self._pending_rows + len(rows) > self.max_pending:
+                raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
+            self._pending.append((rows, done))
+            self._pending_rows += len(rows)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        return done
+
+    def close(self) -> None:
+        """Write what is pending, close the segment and stop the writer (the next ``submit`` starts a new one)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+        with self._lock:
+            self._closed, self._thread = False, None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                batch, self._pending, self._pending_rows = self._pending, [], 0
+                closed = self._closed
+            if batch:
+                self._commit(batch)
+            if closed:
+                self._close_segment()
+                return
+
+    def _commit(self, batch: list[tuple[list[tuple[Any, ...]], Future[None]]]) -> None:
+        """One record batch of every pending request's rows, fsynced; then every waiting request is released."""
+        try:
+            rows = [row for part, _ in batch for row in part]
+            columns = list(zip(*rows, strict=True)) if rows else [()] * len(LOG_SCHEMA)
+            record = pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LOG_SCHEMA,
+                                                                                         strict=True)],
+                                                schema=LOG_SCHEMA)
+            writer = self._segment()
+            writer.write_batch(record)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._segment_rows += len(rows)
+            if self._segment_rows >= SEGMENT_ROWS:
+                self._close_segment()
+        except Exception as exc:  # the requests fail; the next batch starts a new segment
+            self._close_segment()
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        for _, done in batch:
+            done.set_result(None)
+
+    def _segment(self) -> pa.ipc.RecordBatchStreamWriter:
+        if self._writer is None:
+            if not self.directory.is_dir():
+                self.directory.mkdir(parents=True)
+            name = f"segment-{time.time_ns()}-{uuid.uuid4().hex[:8]}.arrows"
+            self._file = (self.directory / name).open("wb")
+            self._writer = pa.ipc.new_stream(self._file, LOG_SCHEMA)
+            self._segment_rows = 0
+            fsync_dir(self.directory)  # the new segment's entry must survive a crash too
+        return self._writer
+
+    def _close_segment(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+                self._writer, self._file = None, None
+
+
+def read_impressions(directory: str | Path) -> pa.Table:
+    """Every acknowledged impression under ``directory``, one row per listed item (``SCHEMA``); a torn last batch
+    of a crashed writer is left out."""
+    rows: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
+    for path in sorted((Path(directory) / "impressions").glob("segment-*.arrows")):
+        for batch in _batches(path):
+            for request_id, ts, surface, arm, body in zip(*(batch.column(i).to_pylist() for i in range(5)),
+                                                          strict=True):
+                payload = orjson.loads(body)
+                similar = surface == "similar"
+                for item in payload["items"]:
+                    for name, value in (("request_id", request_id), ("ts", ts), ("surface", surface), ("arm", arm),
+                                        ("user_id", None if similar else payload.get("user_id")),
+                                        ("session_id", None if similar else payload.get("session_id")),
+                                        ("model_version", payload.get("model_version")),
+                                        ("item_id", item["item_id"]), ("position", item["rank"])):
+                        rows[name].append(value)
+    return pa.table(rows, schema=SCHEMA)
+
+
+def _batches(path: Path) -> list[pa.RecordBatch]:
+    """The complete record batches of one segment (reading stops at a torn tail)."""
+    out = []
+    with path.open("rb") as fh:
+        try:
+            reader = pa.ipc.open_stream(fh)
+            while True:
+                out.append(reader.read_next_batch())
+        except (StopIteration, pa.ArrowInvalid, OSError):
+            pass  # end of the stream, or a torn tail after the last complete batch
+    return out

@@ -1,0 +1,77 @@
+"""Every served list gets a request id and is on disk as impressions before the response: cached or not, user,
+session and similar-item lists; a crashed writer's torn batch is never read; the backlog is bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipelines.serving.app import create_app
+from pipelines.serving.impressions import ImpressionBacklog, ImpressionLog, read_impressions
+from pipelines.serving.model import ServingModel
+from pipelines.serving.settings import Settings
+from tests.serving.conftest import Project
+
+
+@pytest.fixture(scope="module")
+def served(project: Project) -> ServingModel:
+    return ServingModel.load(project.model_dir, version="1")
+
+
+def _rows(root: Path) -> list[dict]:
+    return read_impressions(root / "data" / "incoming").to_pylist()
+
+
+def test_each_response_is_logged_under_its_own_request_id_before_it_is_sent(served: ServingModel, tmp_path: Path):
+    user, item = str(served.history_.vocab.users[0]), str(served.item_ids[0])
+    with TestClient(create_app(Settings(root=tmp_path, reload_poll_s=0), served)) as client:
+        answers = [client.get(f"/v1/users/{user}/recommendations?k=5").json() for _ in range(2)]  # miss, then hit
+        logged = _rows(tmp_path)  # read while the server runs: acknowledged means on disk
+        similar = client.get(f"/v1/items/{item}/similar?k=3").json()
+        session = client.post("/v1/recommendations", json={
+            "session_id": "s-9", "k": 4,
+            "recent_events": [{"item_id": item, "event_type": "view", "ts": "2017-12-04T10:00:00Z"}]}).json()
+    assert answers[0]["request_id"] != answers[1]["request_id"]
+    for answer in answers:
+        rows = [r for r in logged if r["request_id"] == answer["request_id"]]
+        assert [(r["item_id"], r["position"]) for r in rows] == [(i["item_id"], i["rank"]) for i in answer["items"]]
+        assert {(r["user_id"], r["session_id"], r["model_version"], r["arm"], r["surface"]) for r in rows} == {
+            (user, None, "1", "champion", "user")}
+    rows = _rows(tmp_path)
+    sim = [r for r in rows if r["request_id"] == similar["request_id"]]
+    assert [r["item_id"] for r in sim] == [i["item_id"] for i in similar["items"]]
+    assert {(r["surface"], r["user_id"]) for r in sim} == {("similar", None)}
+    ses = [r for r in rows if r["request_id"] == session["request_id"]]
+    assert len(ses) == 4 and {(r["surface"], r["session_id"]) for r in ses} == {("session", "s-9")}
+
+
+def test_without_impressions_nothing_is_logged_yet_responses_keep_their_shape(served: ServingModel, tmp_path: Path):
+    user = str(served.history_.vocab.users[0])
+    with TestClient(create_app(Settings(root=tmp_path, reload_poll_s=0, impressions=False), served)) as client:
+        body = client.get(f"/v1/users/{user}/recommendations").json()
+    assert len(body["request_id"]) == 32
+    assert not (tmp_path / "data" / "incoming" / "impressions").exists()
+
+
+def test_a_torn_last_batch_is_not_read(tmp_path: Path):
+    log = ImpressionLog(tmp_path)
+    for n in range(3):
+        body = b'{"user_id":"u","model_version":"1","items":[{"item_id":"i%d","rank":1}]}' % n
+        log.submit([(f"r{n}", 0, "user", "champion", body)]).result(timeout=10)
+    segment = next((tmp_path / "impressions").glob("segment-*.arrows"))
+    with segment.open("ab") as fh:  # a crash in the middle of the next batch
+        fh.write(b"\xff\xff\xff\xff\x90\x00\x00\x00garbage")
+    assert [r["request_id"] for r in read_impressions(tmp_path).to_pylist()] == ["r0", "r1", "r2"]
+    log.close()
+
+
+def test_the_backlog_is_bounded(tmp_path: Path):
+    log = ImpressionLog(tmp_path, max_pending=100)
+    with log._lock:  # the writer cannot take anything while the lock is held: rows pile up
+        log._pending_rows = 95
+        with pytest.raises(ImpressionBacklog):
+            log.submit([("r", 0, "user", "champion", b"{}")] * 10)
+        log._pending_rows = 0
+    log.close()
