@@ -281,6 +281,26 @@ class GateParams(_Section):
     # against the current champion on the same test users: reject when the bootstrap CI of the candidate's
     # NDCG@10 gain lies entirely below -max_champion_regression (worse beyond its confidence interval)
     max_champion_regression: float = Field(0.0, ge=0)
+    # where a passing model goes: champion (served to every shopper), or challenger: one arm of an online
+    # experiment that promotes it once shoppers' feedback says so (``shoprec experiment decide``); with no
+    # champion yet there is nothing to test against, and it becomes the champion
+    promote_to: Literal["champion", "challenger"] = "champion"
+
+
+Outcome = Literal["clicks", "carts", "purchases", "revenue"]
+
+
+class ExperimentParams(_Section):
+    """The online experiment's test: per shopper, an outcome per list shown, compared between the arms."""
+
+    window_s: float = Field(1800.0, gt=0)  # feedback this soon after a list that showed the item is credited to it
+    alpha: float = Field(0.05, gt=0, lt=1)  # the always-valid test's error rate, however often it is read
+    # the mixture's scale, as a share of the outcome's standard deviation: the effect size the test is most
+    # sensitive to (about the smallest one worth detecting)
+    effect_size: float = Field(0.1, gt=0)
+    primary: Outcome = "clicks"  # promote when this is surely better, roll back when surely worse
+    guardrail: Outcome | None = "purchases"  # roll back early when this is surely worse
+    min_shoppers: int = Field(100, ge=2)  # per arm, before any decision
 
 
 class Params(_Section):
@@ -291,6 +311,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    experiment: ExperimentParams = ExperimentParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

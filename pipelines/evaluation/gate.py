@@ -66,10 +66,13 @@ def run_gate(
     metrics_path: str | Path, validation_path: str | Path, model_dir: str | Path,
     champion_dir: str | Path, out_path: str | Path, params: GateParams,
 ) -> GateDecision:
-    """Stage entry point: record the decision; on a pass, swap the candidate in as champion atomically."""
+    """Stage entry point: record the decision; on a pass, swap the candidate in as champion atomically (a
+    challenger leaves the champion's directory alone unless there is none yet)."""
     decision = decide(read_json(metrics_path), read_json(validation_path), params)
     record = decision.to_dict() | {"model_dir": str(model_dir), "promoted_to": None}
-    if decision.passed:
+    if decision.passed and params.promote_to == "challenger" and Path(champion_dir).exists():
+        record["promoted_to"] = "challenger"
+    elif decision.passed:
         with atomic_dir(champion_dir) as tmp:
             shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         record["promoted_to"] = str(champion_dir)

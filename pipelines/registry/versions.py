@@ -45,6 +45,7 @@ MODEL_NAME = "shoprec"
 EXPERIMENT = "shoprec"
 CHAMPION = "champion"
 PREVIOUS = "previous_champion"
+CHALLENGER = "challenger"
 GATE_TAG = "gate"
 METRIC_KS = (5, 10, 20)
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
@@ -309,12 +310,16 @@ def recorded_champion(root: str | Path = ".") -> tuple[str, Path] | None:
     return record["version"], local_dir(record["source"], root)
 
 
-def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bool:
+def promote(version: str | int, gate_passed: bool, root: str | Path = ".", alias: str = CHAMPION) -> bool:
     """Point ``champion`` at ``version`` if the gate passed; remember the replaced champion as ``previous_champion``.
 
-    A rejected version stays registered, tagged ``gate=failed``, and the aliases are untouched. Returns whether
-    ``version`` is now the champion.
+    With ``alias="challenger"`` the version becomes the challenger of an online experiment instead (the champion
+    keeps serving most shoppers until ``conclude_experiment``); with no champion yet there is nothing to test
+    against, so it becomes the champion. A rejected version stays registered, tagged ``gate=failed``, and the
+    aliases are untouched. Returns whether ``version`` now holds the alias it was promoted to.
     """
+    if alias not in (CHAMPION, CHALLENGER):
+        raise ShoprecError(f"promote to '{alias}': must be '{CHAMPION}' or '{CHALLENGER}'")
     with registry_lock(root):
         reg = client(root)
         version = str(version)
@@ -322,14 +327,42 @@ def promote(version: str | int, gate_passed: bool, root: str | Path = ".") -> bo
         if not gate_passed:
             return False
         current = _alias_version(reg, CHAMPION)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if alias == CHALLENGER and current not in (None, version):
+            reg.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+            reg.set_model_version_tag(MODEL_NAME, version, "challenger_since", now)
+            return True
         if current != version:
             if current is not None:
                 reg.set_registered_model_alias(MODEL_NAME, PREVIOUS, current)
             reg.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-            promoted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", promoted_at)
+            reg.set_model_version_tag(MODEL_NAME, version, "promoted_at", now)
         write_champion_record(root)
         return True
+
+
+def challenger_version(root: str | Path = ".") -> str | None:
+    """The version under test against the champion, or None when no experiment runs."""
+    reg = _registered(root)
+    return _alias_version(reg, CHALLENGER) if reg is not None else None
+
+
+def conclude_experiment(version: str, decision: str, root: str | Path = ".") -> None:
+    """Act on an online experiment's decision about challenger ``version``: ``promote`` makes it the champion
+    (the old one becomes ``previous_champion``), ``rollback`` removes the challenger alias; both tag the version
+    with the decision. Refused when ``version`` is no longer the challenger (the look is stale)."""
+    if decision not in ("promote", "rollback"):
+        raise ShoprecError(f"experiment decision '{decision}': only promote or rollback change the registry")
+    with registry_lock(root):
+        reg = client(root)
+        if _alias_version(reg, CHALLENGER) != str(version):
+            raise ShoprecError(f"version {version} is not the challenger any more; registry unchanged")
+        if decision == "promote":
+            promote(version, True, root)
+        reg.delete_registered_model_alias(MODEL_NAME, CHALLENGER)
+        reg.set_model_version_tag(MODEL_NAME, str(version), "experiment", decision)
+        reg.set_model_version_tag(MODEL_NAME, str(version), "experiment_decided_at",
+                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def rollback(root: str | Path = ".") -> str:
@@ -355,8 +388,10 @@ def run_register(paths: Paths, params: Params) -> dict[str, Any]:
     """
     with registry_lock(paths.root):
         record = log_training_run(paths, params)
-        promoted = promote(record.version, record.gate_passed, paths.root)
-        result = asdict(record) | {"status": "promoted" if promoted else "rejected"}
+        promoted = promote(record.version, record.gate_passed, paths.root, params.gate.promote_to)
+        alias = CHALLENGER if promoted and challenger_version(paths.root) == record.version else CHAMPION
+        result = asdict(record) | {"status": "promoted" if promoted else "rejected",
+                                   "alias": alias if promoted else None}
         write_json(paths.registration, result)
         return result
 

@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from pipelines.core.errors import ShoprecError
+from pipelines.experiments.arms import Arm
 from pipelines.serving.impressions import ImpressionBacklog
 from pipelines.serving.live import session_shopper, shopper_of, user_shopper
 from pipelines.serving.middleware import BodyLimit, CachedFastPath
@@ -110,7 +111,8 @@ def _ops(app: FastAPI, state: ServingState) -> None:
         """The served model: version, training time, data version, metrics, and the serving configuration."""
         model = state.current()
         rules = {"blocked_items": len(model.rules.blocked), "max_per_category": model.rules.max_per_category}
-        return model.describe() | {"cache": state.cache.status(), "live": state.live.status(), "rules": rules}
+        return model.describe() | {"cache": state.cache.status(), "live": state.live.status(), "rules": rules,
+                                   "experiment": state.experiment_status()}
 
 
 async def _recommend(model: ServingModel, scoring: bool, *args: Any) -> list[Recommendation]:
@@ -118,16 +120,18 @@ async def _recommend(model: ServingModel, scoring: bool, *args: Any) -> list[Rec
     return await run_in_threadpool(model.recommend, *args) if scoring else model.recommend(*args)
 
 
-def _recommendations_body(model: ServingModel, user_id: str | None, session_id: str | None, known: bool,
+def _recommendations_body(model: ServingModel, arm: Arm, user_id: str | None, session_id: str | None, known: bool,
                           recs: list[Recommendation]) -> bytes:
     return encode({"user_id": user_id, "session_id": session_id, "known_user": known, "model_version": model.version,
-                   "items": recs})
+                   "arm": arm, "items": recs})
 
 
-async def _shopper_list(state: ServingState, model: ServingModel, shopper: str, user_id: str | None,
-                        session_id: str | None, k: int, exclude_seen: bool, category: str | None) -> bytes:
-    """A shopper's cached list, or one ranked from the model's history of them plus their live events."""
-    key = list_key(model, shopper, k, exclude_seen, category)
+async def _shopper_list(state: ServingState, shopper: str, user_id: str | None, session_id: str | None, k: int,
+                        exclude_seen: bool, category: str | None) -> tuple[bytes, Arm]:
+    """A shopper's cached list, or one ranked by their arm's model from its history of them plus their live
+    events; with the arm."""
+    model, arm = state.model_for(shopper)
+    key = list_key(model, shopper, k, exclude_seen, category, arm)
     body = await state.cache.get(key)
     if body is None:
         live = await state.live.recent(shopper)
@@ -135,9 +139,9 @@ async def _shopper_list(state: ServingState, model: ServingModel, shopper: str, 
         scoring = model.needs_scoring(user_id, events, exclude_seen)
         recs = await _recommend(model, scoring, user_id, k, exclude_seen, category, events)
         known = user_id is not None and model.known_user(user_id)
-        body = _recommendations_body(model, user_id, session_id, known, recs)
+        body = _recommendations_body(model, arm, user_id, session_id, known, recs)
         await state.cache_unless_changed(key, body, shopper, live)
-    return body
+    return body, arm
 
 
 def _recommendations(app: FastAPI, state: ServingState) -> None:
@@ -150,34 +154,34 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
                                    category: CategoryParam = None) -> Response:
         """Top-k for a user from their history and the events posted since training; unknown users without
         posted events get category then global popularity (``known_user`` false)."""
-        body = await _shopper_list(state, state.current(), user_shopper(user_id), user_id, None, k, exclude_seen,
-                                   category)
-        return Response(await state.served(body, "user"), media_type=JSON)
+        body, arm = await _shopper_list(state, user_shopper(user_id), user_id, None, k, exclude_seen, category)
+        return Response(await state.served(body, "user", arm), media_type=JSON)
 
     @app.get("/v1/sessions/{session_id}/recommendations", response_model=RecommendationsOut,
              responses=error_responses(404, 422, 503), tags=["recommendations"])
     async def anonymous_recommendations(session_id: PathId, k: K = 20, exclude_seen: bool = True,
                                         category: CategoryParam = None) -> Response:
         """Top-k for an anonymous shopper from the events posted with this ``session_id``."""
-        body = await _shopper_list(state, state.current(), session_shopper(session_id), None, session_id, k,
-                                   exclude_seen, category)
-        return Response(await state.served(body, "session"), media_type=JSON)
+        body, arm = await _shopper_list(state, session_shopper(session_id), None, session_id, k, exclude_seen,
+                                        category)
+        return Response(await state.served(body, "session", arm), media_type=JSON)
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut,
               responses=error_responses(400, 404, 413, 422, 503), tags=["recommendations"])
     async def session_recommendations(request: SessionRequest) -> Response:
         """Session-aware top-k from the shopper's posted events (the user's, else the session's) followed by the
         events sent here (known, new or anonymous users); not cached."""
-        model = state.current()
         shopper = shopper_of(request.user_id, request.session_id)
+        model, arm = state.model_for(shopper)
         posted = model.unseen((await state.live.recent(shopper)).events) if shopper is not None else []
         events = [*posted, *(e.model_dump() for e in request.recent_events)]
         scoring = model.needs_scoring(request.user_id, events, request.exclude_seen)
         recs = await _recommend(model, scoring, request.user_id, request.k, request.exclude_seen, request.category,
                                 events)
         known = request.user_id is not None and model.known_user(request.user_id)
-        body = _recommendations_body(model, request.user_id, request.session_id, known, recs)
-        return Response(await state.served(body, "session" if request.user_id is None else "user"), media_type=JSON)
+        body = _recommendations_body(model, arm, request.user_id, request.session_id, known, recs)
+        surface = "session" if request.user_id is None else "user"
+        return Response(await state.served(body, surface, arm), media_type=JSON)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, responses=error_responses(404, 422, 503),
              tags=["recommendations"])

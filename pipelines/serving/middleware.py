@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pipelines.experiments.arms import Arm
 from pipelines.serving.cache import CacheKey
 from pipelines.serving.impressions import ImpressionBacklog
 from pipelines.serving.live import session_shopper, user_shopper
@@ -45,11 +46,11 @@ class CachedFastPath:
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            key = self._key(scope["path"], scope["query_string"])
+            key, arm = self._key(scope["path"], scope["query_string"])
             body = await self.state.cache.get(key) if key is not None else None
             if body is not None:
                 try:
-                    body = await self.state.served(body, _surface(scope["path"]))
+                    body = await self.state.served(body, _surface(scope["path"]), arm)
                 except ImpressionBacklog as exc:
                     await _send_json(send, 503, encode({"detail": str(exc)}))
                     return
@@ -57,33 +58,34 @@ class CachedFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def _key(self, path: str, query_string: bytes) -> CacheKey | None:
-        model = self.state.model
-        if model is None:
-            return None
+    def _key(self, path: str, query_string: bytes) -> tuple[CacheKey | None, Arm]:
+        """The cache key of a canonical list request and the arm its shopper is in (no key: not canonical)."""
+        if self.state.model is None:
+            return None, "champion"
         routes = ((USERS_PREFIX, USERS_SUFFIX), (SESSIONS_PREFIX, USERS_SUFFIX), (ITEMS_PREFIX, ITEMS_SUFFIX))
         for prefix, suffix in routes:
             if path.startswith(prefix) and path.endswith(suffix):
                 ident = path[len(prefix): -len(suffix)]
                 break
         else:
-            return None
+            return None, "champion"
         params: dict[str, str] = {}
         for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
             if name in params:
-                return None
+                return None, "champion"
             params[name] = value
         k = params.get("k", "20")
         if not ident or "/" in ident or not (k.isascii() and k.isdigit()):
-            return None
+            return None, "champion"
         if prefix == ITEMS_PREFIX:
-            return similar_key(model, ident, int(k))
+            return similar_key(self.state.current(), ident, int(k)), "champion"
         exclude = {"true": True, "false": False}.get(params.get("exclude_seen", "true"))
         category = params.get("category")
         if exclude is None or category == "":
-            return None
+            return None, "champion"
         shopper = user_shopper(ident) if prefix == USERS_PREFIX else session_shopper(ident)
-        return list_key(model, shopper, int(k), exclude, category)
+        model, arm = self.state.model_for(shopper)
+        return list_key(model, shopper, int(k), exclude, category, arm), arm
 
 
 class BodyLimit:

@@ -3,7 +3,7 @@ and the compact JSON encoding the hot path writes bodies with."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Path, Query
@@ -51,6 +51,8 @@ class RecommendationsOut(BaseModel):
     session_id: str | None = Field(None, description="the anonymous session the list is for")
     known_user: bool = Field(description="false: a new or anonymous user, answered by the fallback chain")
     model_version: str | None
+    arm: Literal["champion", "challenger"] = Field(description="the online experiment's arm this shopper is in "
+                                                             "(champion when none runs)")
     items: list[RecommendationOut]
 
 
@@ -117,6 +119,13 @@ class Ready(BaseModel):
     detail: str | None = None
 
 
+class Experiment(BaseModel):
+    experiment: str = Field(description="experiment id: salts the hash that puts shoppers in arms")
+    champion_version: str | None
+    challenger_version: str | None
+    challenger_share: float = Field(description="share of shoppers served by the challenger")
+
+
 class ModelInfo(BaseModel):
     version: str | None
     model_id: str
@@ -134,6 +143,8 @@ class ModelInfo(BaseModel):
     cache: dict[str, Any]
     live: dict[str, Any] = Field(description="live shopper state: backend, availability")
     rules: dict[str, Any]
+    experiment: Experiment | None = Field(None, description="the online experiment being served (none: every "
+                                                            "shopper gets this model)")
 
 
 class ReloadOut(BaseModel):

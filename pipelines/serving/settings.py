@@ -41,6 +41,13 @@ class Settings(BaseSettings):
                                                 "attribute feedback to")
     impressions_max_pending: int = Field(10_000, ge=10, description="served lists waiting for the disk at most; "
                                                                     "past it requests get 503")
+    challenger_ref: str | None = Field("challenger", description="registry alias or version of an online "
+                                       "experiment's challenger; while it resolves, challenger_share of shoppers "
+                                       "get its lists (unset or a missing alias: everyone gets the champion)")
+    challenger_share: float = Field(0.1, ge=0, le=1, description="share of shoppers on the challenger, by a "
+                                                                 "stable hash of the shopper id")
+    experiment: str | None = Field(None, description="experiment id salting the shoppers' arm hash (default: "
+                                                     "'v<champion>-vs-v<challenger>')")
     reload_poll_s: float = Field(30.0, ge=0, description="how often to check the registry alias (0: never)")
     max_body_bytes: int = Field(262_144, ge=1024, description="larger request bodies get 413")
 

@@ -1,6 +1,6 @@
-"""What the API serves: one model reference, swapped only for a fully loaded and warmed-up model, with the
-response cache (and its keys), the event log, the shoppers' live events, registry polling and the background tasks
-of the app's lifespan."""
+"""What the API serves: one model reference, swapped only for a fully loaded and warmed-up model (and, during an
+online experiment, a challenger model for a stable share of shoppers), with the response cache (and its keys), the
+event log, the shoppers' live events, registry polling and the background tasks of the app's lifespan."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 
 from pipelines.core.errors import ShoprecError
+from pipelines.experiments.arms import Arm, arm_of
 from pipelines.serving.cache import Cache, CacheKey, make_cache
 from pipelines.serving.catalogue import CatalogueItem, CatalogueLog
 from pipelines.serving.events import Event, EventLog
@@ -33,10 +34,11 @@ def _field(model: ServingModel, *parts: str) -> str:
     return SEP.join((model.model_id, str(model.version), model.rules_key, model.catalogue_key, *parts))
 
 
-def list_key(model: ServingModel, shopper: str, k: int, exclude_seen: bool, category: str | None) -> CacheKey:
-    """Cache key of a shopper's list: the shopper's group (dropped on their next event); model and rules in the
-    field, so a reload or new rules never serve old bodies."""
-    return shopper, _field(model, str(k), str(int(exclude_seen)), category or "")
+def list_key(model: ServingModel, shopper: str, k: int, exclude_seen: bool, category: str | None,
+             arm: Arm = "champion") -> CacheKey:
+    """Cache key of a shopper's list: the shopper's group (dropped on their next event); model, rules and arm in
+    the field, so a reload or new rules never serve old bodies (and the body's arm is the shopper's)."""
+    return shopper, _field(model, arm, str(k), str(int(exclude_seen)), category or "")
 
 
 def similar_key(model: ServingModel, item_id: str, k: int) -> CacheKey:
@@ -49,6 +51,8 @@ class ServingState:
     def __init__(self, settings: Settings, model: ServingModel | None):
         self.settings = settings
         self.model = model
+        self.challenger: ServingModel | None = None  # an online experiment's other arm
+        self.experiment: str | None = None  # its id, which salts the shoppers' arm hash
         self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self.events = EventLog(settings.events_path)
         self.catalogue = CatalogueLog(settings.events_path)
@@ -69,6 +73,23 @@ class ServingState:
             raise HTTPException(503, f"no model loaded yet{': ' + self.load_error if self.load_error else ''}")
         return model
 
+    def model_for(self, shopper: str | None) -> tuple[ServingModel, Arm]:
+        """The model of the shopper's arm: the challenger for its share of shoppers (a stable hash of the shopper
+        id, so one shopper keeps one arm), the champion for everyone else and for lists with no shopper."""
+        model, challenger, experiment = self.current(), self.challenger, self.experiment
+        if (challenger is not None and shopper is not None and experiment is not None
+                and arm_of(shopper, self.settings.challenger_share, experiment) == "challenger"):
+            return challenger, "challenger"
+        return model, "champion"
+
+    def experiment_status(self) -> dict[str, Any] | None:
+        """The running experiment as /v1/model reports it (None without one)."""
+        champion, challenger = self.model, self.challenger
+        if challenger is None or champion is None:
+            return None
+        return {"experiment": self.experiment, "champion_version": champion.version,
+                "challenger_version": challenger.version, "challenger_share": self.settings.challenger_share}
+
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The app's background work: the first load (unless a model was given) and the registry poll."""
@@ -86,11 +107,11 @@ class ServingState:
         if self.impressions is not None:
             self.impressions.close()
 
-    async def served(self, body: bytes, surface: str) -> bytes:
+    async def served(self, body: bytes, surface: str, arm: Arm = "champion") -> bytes:
         """A list's response body as sent: with a new ``request_id``, and logged as impressions (on disk first)."""
         request_id, sent = with_request_id(body)
         if self.impressions is not None:
-            await self.impressions.log(request_id, body, surface)
+            await self.impressions.log(request_id, body, surface, arm)
         return sent
 
     async def record(self, events: list[Event]) -> bool:
@@ -127,11 +148,45 @@ class ServingState:
         else:
             raise ShoprecError(f"nothing to serve under {s.root.resolve()}: no registry and no models/champion")
         attach_store(model, s.store_path)
+        return self._ready(model)
+
+    def _ready(self, model: ServingModel) -> ServingModel:
+        """``model`` with every logged catalogue batch applied, warmed up."""
         batches = self.catalogue.batches()
         model = model.with_catalogue(self.catalogue.read(batches), batches[-1] if batches else "0")
         model.warm_up()
         self._catalogue_applied = batches
         return model
+
+    def _challenger_version(self) -> str | None:
+        """The version the challenger ref points at now; None without an experiment (no ref, no share, not
+        serving from the registry, or the alias is not set)."""
+        s = self.settings
+        if s.challenger_ref is None or s.challenger_share <= 0:
+            return None
+        try:
+            return self._registry_version(s.challenger_ref)
+        except Exception:  # MlflowException: the alias is not set, i.e. no experiment runs
+            return None
+
+    def _load_challenger(self, version: str) -> ServingModel:
+        """The challenger, ready to serve (blocking). Its lists are ranked live: the precomputed store holds the
+        champion's."""
+        return self._ready(ServingModel.from_registry(self.settings.root, version, self.settings.rules()))
+
+    async def _challenger_for(self, champion: ServingModel) -> tuple[ServingModel | None, str | None]:
+        """The challenger the ref points at now and the experiment's id against ``champion`` (the served
+        challenger is kept when its version has not moved)."""
+        version = await asyncio.to_thread(self._challenger_version)
+        old = self.challenger
+        if old is not None and old.version == version:
+            challenger: ServingModel | None = old
+        else:
+            challenger = await asyncio.to_thread(self._load_challenger, version) if version is not None else None
+            log.warning("experiment: challenger version %s (share %s), previous %s", version,
+                        self.settings.challenger_share, old.version if old is not None else None)
+        experiment = (self.settings.experiment or f"v{champion.version}-vs-v{version}") if version is not None else None
+        return challenger, experiment
 
     async def add_items(self, items: list[CatalogueItem]) -> CatalogueAck:
         """Log the items durably, then serve a copy of the model that knows them (a new cache namespace)."""
@@ -140,7 +195,7 @@ class ServingState:
             name = await asyncio.to_thread(self.catalogue.append, items)
             records = [item.model_dump() for item in items]
             known = sum(model.known_item(item.item_id) for item in {i.item_id: i for i in items}.values())
-            self.model = await asyncio.to_thread(model.with_catalogue, records, name)
+            await self._with_catalogue(records, name)
             self._catalogue_applied.append(name)
         distinct = len({item.item_id for item in items})
         return CatalogueAck(accepted=len(items), added=distinct - known, updated=known, batch=name)
@@ -154,25 +209,33 @@ class ServingState:
             if model is None or not fresh:
                 return
             records = await asyncio.to_thread(self.catalogue.read, fresh)
-            self.model = await asyncio.to_thread(model.with_catalogue, records, fresh[-1])
+            await self._with_catalogue(records, fresh[-1])
             self._catalogue_applied.extend(fresh)
             log.warning("catalogue: %d items from %d batches of other processes", len(records), len(fresh))
 
-    def _registry_version(self) -> str | None:
-        """The version the configured ref points at now (None when not serving from the registry).
+    async def _with_catalogue(self, records: list[dict[str, Any]], revision: str) -> None:
+        """Serve copies of the champion and the challenger that know the catalogue ``records``."""
+        for attr in ("model", "challenger"):
+            model = getattr(self, attr)
+            if model is not None:
+                setattr(self, attr, await asyncio.to_thread(model.with_catalogue, records, revision))
+
+    def _registry_version(self, ref: str | None = None) -> str | None:
+        """The version ``ref`` (default: the served ref) points at now (None when not serving from the registry).
 
         One alias lookup on a kept client (about 2 ms): polls run beside the requests and share their interpreter.
         """
         s = self.settings
+        ref = ref or s.model_ref
         if s.model_dir is not None or not registry_available(s.root):
             return None
-        if s.model_ref.isdigit():
-            return s.model_ref
+        if ref.isdigit():
+            return ref
         from pipelines.registry import versions as registry
 
         if self._registry is None:
             self._registry = registry.client(s.root)
-        return str(self._registry.get_model_version_by_alias(registry.MODEL_NAME, s.model_ref).version)
+        return str(self._registry.get_model_version_by_alias(registry.MODEL_NAME, ref).version)
 
     async def reload(self, force: bool = False) -> ReloadOut:
         """Load the configured model if it differs from the served one, then swap it in with one assignment."""
@@ -183,14 +246,16 @@ class ServingState:
                 if old is not None and not force:
                     target = await asyncio.to_thread(self._registry_version)
                     if target is None or target == old.version:
+                        self.challenger, self.experiment = await self._challenger_for(old)
                         return ReloadOut(version=previous, previous_version=previous, reloaded=False)
                 new = await asyncio.to_thread(self._load)
-            except Exception as exc:  # anything: the old model keeps serving
+                challenger, experiment = await self._challenger_for(new)  # ready before the first request
+            except Exception as exc:  # anything: the old models keep serving
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("model load failed, still serving version %s: %s", previous, self.load_error)
                 raise
             self.load_error = None
-            self.model = new
+            self.model, self.challenger, self.experiment = new, challenger, experiment
             del old  # the replaced model may now be collected
             await asyncio.to_thread(_settle_heap)
             log.warning("serving model version %s (id %s), previous %s", new.version, new.model_id, previous)
@@ -209,6 +274,7 @@ class ServingState:
             rules = await asyncio.to_thread(self.settings.rules)
             self.rules_mtime = mtime
             self.model = self.model.with_rules(rules) if self.model is not None else None
+            self.challenger = self.challenger.with_rules(rules) if self.challenger is not None else None
             log.warning("business rules reloaded: %d blocked items", len(rules.blocked))
         current = self.model
         manifest = self.settings.store_path / MANIFEST_FILE

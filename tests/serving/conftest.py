@@ -48,8 +48,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return Project(root, root / "models" / "champion", root / "models" / "sasrec")
 
 
-def register(root: Path, model_dir: Path, metrics: dict[str, float] | None = None) -> str:
-    """Log ``model_dir`` as a new registered version of ``shoprec`` in ``root``'s store and make it champion."""
+def register(root: Path, model_dir: Path, metrics: dict[str, float] | None = None, alias: str = "champion") -> str:
+    """Log ``model_dir`` as a new registered version of ``shoprec`` in ``root``'s store and promote it to
+    ``alias`` (champion, or an online experiment's challenger)."""
     from mlflow.exceptions import MlflowException
 
     from pipelines.registry import versions as registry
@@ -67,7 +68,7 @@ def register(root: Path, model_dir: Path, metrics: dict[str, float] | None = Non
         reg.create_registered_model(registry.MODEL_NAME)
     version = reg.create_model_version(registry.MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
                                        tags={"gate": "passed", "data.source": "synthetic"})
-    assert registry.promote(version.version, True, root)
+    assert registry.promote(version.version, True, root, alias)
     return str(version.version)
 
 
