@@ -19,12 +19,15 @@ from rich.table import Table
 from pipelines.core.config import load_params
 from pipelines.core.errors import ShoprecError
 from pipelines.core.paths import Paths
+from pipelines.experiments.cli import experiment_app
 from pipelines.registry.cli import models_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="shoprec: e-commerce recommendations from behaviour logs.")
 console = Console(stderr=True)
 app.add_typer(models_app, name="models", help="the MLflow model registry: list, show, promote, rollback")
+app.add_typer(experiment_app, name="experiment", help="online experiments: champion vs challenger, decided on "
+                                                      "shoppers' feedback")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 SOURCE_HELP = ("taobao:PATH | retailrocket:PATH | seqfile:PATH[,attributes=PATH] | csv:PATH,... | parquet:PATH,..."

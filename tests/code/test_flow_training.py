@@ -66,6 +66,30 @@ def test_flow_trains_registers_and_promotes(training: Callable[..., Any], tmp_pa
     assert (root / "models" / "champion" / "serving.joblib").exists()
 
 
+def test_a_challenger_run_then_the_online_evaluation_flow(training: Callable[..., Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    """gate.promote_to=challenger leaves the champion serving; the online-evaluation flow reads the experiment
+    (no traffic yet: continue) and publishes it; with no challenger it fails with the reason."""
+    from flows.online_evaluation import online_evaluation
+    from pipelines.core.errors import ShoprecError
+    from pipelines.registry import versions as registry
+
+    root = project(tmp_path / "project", gate={"promote_to": "challenger"})
+    monkeypatch.chdir(root)
+    champion = registry.show("champion")["version"]
+    result = training(root=str(root))
+    assert result["status"] == "promoted" and result["alias"] == "challenger", result
+    assert registry.show("champion")["version"] == champion
+    assert registry.challenger_version() == result["version"]
+    record = online_evaluation(root=str(root))
+    assert record["decision"] == "continue" and not record["applied"]
+    assert (record["champion_version"], record["challenger_version"]) == (champion, result["version"])
+    assert (root / "reports" / "experiments.jsonl").read_text().count("\n") == 1
+    registry.conclude_experiment(result["version"], "rollback")
+    state = online_evaluation(root=str(root), return_state=True)
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), ShoprecError)
+
+
 def test_validation_failure_fails_the_flow_before_training(training: Callable[..., Any], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch):
     from pipelines.core.errors import ValidationFailed

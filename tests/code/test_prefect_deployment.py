@@ -118,7 +118,9 @@ def test_nightly_deployment_runs_on_a_worker_trains_and_promotes(
     prefect(["deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")], env, root)
     deployments = json.load(urllib.request.urlopen(urllib.request.Request(
         f"{api}/deployments/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"})))
-    assert {d["name"] for d in deployments} == {"nightly", "on-drop"}
+    assert {d["name"] for d in deployments} == {"nightly", "on-drop", "hourly"}
+    hourly = next(d for d in deployments if d["name"] == "hourly")
+    assert hourly["entrypoint"] == "flows.online_evaluation.online_evaluation"
     nightly = next(d for d in deployments if d["name"] == "nightly" and d["entrypoint"].startswith("flows.training"))
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert nightly["work_pool_name"] == "shoprec"
