@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import orjson
+import duckdb
 import pyarrow as pa
 
 from pipelines.core.errors import ShoprecError
@@ -152,24 +152,30 @@ class ImpressionLog:
                 self._writer, self._file = None, None
 
 
+# the fields of a logged response body that impressions keep (DuckDB's from_json structure)
+_BODY = ('{"user_id": "VARCHAR", "session_id": "VARCHAR", "model_version": "VARCHAR", '
+         '"items": [{"item_id": "VARCHAR", "rank": "SMALLINT"}]}')
+
+
 def read_impressions(directory: str | Path) -> pa.Table:
-    """Every acknowledged impression under ``directory``, one row per listed item (``SCHEMA``); a torn last batch
-    of a crashed writer is left out."""
-    rows: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
-    for path in sorted((Path(directory) / "impressions").glob("segment-*.arrows")):
-        for batch in _batches(path):
-            for request_id, ts, surface, arm, body in zip(*(batch.column(i).to_pylist() for i in range(5)),
-                                                          strict=True):
-                payload = orjson.loads(body)
-                similar = surface == "similar"
-                for item in payload["items"]:
-                    for name, value in (("request_id", request_id), ("ts", ts), ("surface", surface), ("arm", arm),
-                                        ("user_id", None if similar else payload.get("user_id")),
-                                        ("session_id", None if similar else payload.get("session_id")),
-                                        ("model_version", payload.get("model_version")),
-                                        ("item_id", item["item_id"]), ("position", item["rank"])):
-                        rows[name].append(value)
-    return pa.table(rows, schema=SCHEMA)
+    """Every acknowledged impression under ``directory``, one row per listed item (``SCHEMA``), in log order; a
+    torn last batch of a crashed writer is left out. The bodies are parsed by DuckDB, not row by row in Python."""
+    batches = [b for path in sorted((Path(directory) / "impressions").glob("segment-*.arrows"))
+               for b in _batches(path)]
+    if not batches:
+        return SCHEMA.empty_table()
+    logged = pa.Table.from_batches(batches, LOG_SCHEMA)
+    con = duckdb.connect()
+    con.register("logged", logged.append_column("n", pa.array(range(logged.num_rows), pa.int64())))
+    return con.sql(f"""
+        WITH parsed AS (SELECT n, request_id, ts, surface, arm, from_json(decode(body), '{_BODY}') AS j FROM logged)
+        SELECT request_id, ts,
+               CASE WHEN surface = 'similar' THEN NULL ELSE j.user_id END AS user_id,
+               CASE WHEN surface = 'similar' THEN NULL ELSE j.session_id END AS session_id,
+               j.model_version, arm, surface, item.item_id, item.rank AS position
+        FROM parsed, unnest(j.items) AS listed(item)
+        ORDER BY n, position
+    """).to_arrow_table().cast(SCHEMA)
 
 
 def _batches(path: Path) -> list[pa.RecordBatch]:
