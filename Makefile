@@ -116,6 +116,12 @@ ITEMS ?= 1000000
 bench-ann: setup
 	$(BIN)/python -m benchmarks.ann --items $(ITEMS) --doc docs/BENCHMARKS.md
 
+# Online experiments (issue 15): simulated shoppers drive the API with a random, a better and an identical
+# challenger over repeated seeds; writes docs/BENCHMARKS.md (online experiments section).
+.PHONY: bench-experiments
+bench-experiments: setup  ## closed-loop online experiments over repeated seeds (writes docs/BENCHMARKS.md)
+	$(BIN)/python -m benchmarks.experiments --root outputs/bench-experiments --doc docs/BENCHMARKS.md
+
 # API benchmark on a trained project (BENCH_ROOT, e.g. after `make demo`): precomputes the lists, serves them from a
 # subprocess, loads it from another process; writes the results into docs/BENCHMARKS.md (API latency).
 BENCH_ROOT ?= .

@@ -213,6 +213,56 @@ def generate(
     return manifest
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the generated shoppers would do next: the walk's own next-view probabilities, for simulations of live
+    traffic (shoppers who click what they would actually like). Users keep the interests they start with: the
+    walk's per-session drift is not replayed."""
+
+    world: _World
+    interests: np.ndarray  # (users, 3) leaf ids; columns past n_interests unused
+    n_interests: np.ndarray
+    share_in_leaf: np.ndarray  # per item: its share of its leaf's popularity
+    # after a view: a cart, a purchase, at the generated log's rates per view
+    p_cart: float = float(_EVENT_MIX[1] / _EVENT_MIX[0])
+    p_purchase: float = float(_EVENT_MIX[3] / _EVENT_MIX[0])
+
+    def next_view(self, user: int, current: int, items: np.ndarray) -> np.ndarray:
+        """P(the user's next view is each of ``items``) while looking at item ``current`` (-1: a session start):
+        a successor of ``current`` by its walk probability, else a jump to a popular item of an interest."""
+        p = np.zeros(len(items))
+        jump = 1.0
+        if current >= 0:
+            slot_p = np.diff(self.world.successor_cum[current], prepend=0.0)
+            successor = self.world.successors[current]
+            hits = items[:, None] == successor[None, :]
+            p += (1.0 - _P_BACK - _P_JUMP) * (hits * slot_p).sum(axis=1)
+            jump = _P_JUMP
+        leaves = self.interests[user, : self.n_interests[user]]
+        liked = np.isin(self.world.catalogue.leaf_of_item[items], leaves)
+        return p + jump * liked * self.share_in_leaf[items] / len(leaves)
+
+    def session_start(self, user: int, rng: np.random.Generator) -> int:
+        """The item a session opens on: a popular item of one of the user's interests."""
+        leaf = self.interests[user, rng.integers(self.n_interests[user])]
+        return int(self.world.popular.sample(np.array([leaf]), rng.random(1))[0])
+
+
+def ground_truth(params: SyntheticParams) -> GroundTruth:
+    """The hidden structure ``generate(params)`` plants, for every user (``u<n>`` is user n, ``i<n>`` item n)."""
+    world = _build_world(params)
+    blocks = [_draw_block(world, params, b) for b in range(math.ceil(params.users / _RNG_BLOCK))]
+    popular = world.popular
+    groups = np.repeat(np.arange(len(popular.size)), popular.size)
+    within = popular.cum - groups  # cumulative share inside the leaf, in member order
+    before = np.concatenate([[0.0], within[:-1]])
+    before[popular.start[(popular.size > 0)]] = 0.0
+    share = np.empty(len(within))
+    share[popular.members] = within - before
+    return GroundTruth(world, np.concatenate([b.interests for b in blocks]),
+                       np.concatenate([b.n_interests for b in blocks]), share)
+
+
 def taobao_proportions(events: int, seed: int = 7) -> SyntheticParams:
     """Parameters for about ``events`` events at the real Taobao UserBehavior log's proportions.
 

@@ -1,4 +1,4 @@
-"""``shoprec experiment decide|history``: online experiments between the champion and the challenger.
+"""``shoprec experiment decide|history|simulate``: online experiments between the champion and the challenger.
 
 Mount with ``app.add_typer(experiment_app, name="experiment")``; errors are ``ShoprecError`` like every other
 command. Each reading is printed as one JSON line.
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pipelines.core.config import load_params
+from pipelines.core.errors import ShoprecError
 
 experiment_app = typer.Typer(add_completion=False, no_args_is_help=True,
                              help="online experiments: champion vs challenger on shoppers' feedback")
@@ -43,3 +44,27 @@ def history(root: RootOpt = Path(".")) -> None:
 
     for record in readings(root / "reports"):
         typer.echo(json.dumps(record, separators=(",", ":")))
+
+
+@experiment_app.command()
+def simulate(
+    challenger: Annotated[str, typer.Option(help="registry version (or alias) of the challenger")],
+    sessions: Annotated[int, typer.Option(min=1, help="simulated shopper sessions")],
+    champion: Annotated[str, typer.Option(help="registry version or alias of the champion")] = "champion",
+    share: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of shoppers on the challenger")] = 0.5,
+    seed: Annotated[int, typer.Option(help="seed of the shoppers' choices")] = 0,
+    looks: Annotated[int, typer.Option(min=1, help="readings of the test, evenly spaced; stops at a decision")] = 1,
+    root: RootOpt = Path("."),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Drive the API with simulated shoppers who click what the synthetic data set's hidden preferences say they
+    like, then read the experiment: one JSON line with the decision and each arm's metrics. Nothing is written
+    to the project's logs or registry."""
+    from pipelines.experiments.simulate import simulate as run
+
+    loaded = load_params(params)
+    if loaded.data.source != "synthetic":
+        raise ShoprecError(f"{params}: data.source is {loaded.data.source!r}; the simulated shoppers need the "
+                           "synthetic data set's ground truth (data.source: synthetic)")
+    record = run(root, loaded.synthetic, champion, challenger, sessions, seed, share, loaded.experiment, looks)
+    typer.echo(json.dumps(record, separators=(",", ":")))
