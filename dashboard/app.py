@@ -25,6 +25,7 @@ PAGES = [
     st.Page("pages/recommendations.py", title="Recommendations explorer", icon=":material/person_search:",
             url_path="recommendations"),
     st.Page("pages/items.py", title="Item explorer", icon=":material/inventory_2:", url_path="items"),
+    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:", url_path="experiments"),
 ]
 
 # business users get no developer menu or deploy button; a session reads this when it starts, so under a plain

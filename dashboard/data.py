@@ -453,3 +453,32 @@ def recommendations_frame(recs: list[Recommendation], catalogue: pd.DataFrame | 
         extra = [c for c in ("category_id", "title", "brand", "price") if c in catalogue.columns]
         frame = frame.merge(catalogue[["item_id", *extra]], on="item_id", how="left")
     return frame
+
+
+# the fields of an online experiment's reading (pipelines.experiments.online.look) besides its arms and tests
+READING_COLUMNS = ["experiment", "at", "champion_version", "challenger_version", "decision", "applied", "share",
+                   "primary", "guardrail", "alpha"]
+
+
+def experiment_readings(root: str | Path) -> pd.DataFrame:
+    """Every reading of every online experiment (``reports/experiments.jsonl``), oldest first: who was tested,
+    the decision, ``<arm>_<field>`` for each arm and ``<outcome>_<field>`` for each tested outcome (an unbounded
+    interval end is missing). Lines that do not parse or are not readings are left out."""
+    from pipelines.experiments.online import history
+
+    rows = []
+    for record in history(Paths(Path(root)).reports):
+        if not isinstance(record, dict) or not isinstance(record.get("arms"), dict):
+            continue
+        row = {key: record.get(key) for key in READING_COLUMNS}
+        for arm, summary in record["arms"].items():
+            row |= {f"{arm}_{f}": v for f, v in summary.items()} if isinstance(summary, dict) else {}
+        for outcome, test in (record.get("tests") or {}).items():
+            row |= {f"{outcome}_{f}": v for f, v in test.items()} if isinstance(test, dict) else {}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in READING_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["at"] = pd.to_datetime(frame["at"], utc=True, errors="coerce")
+    return frame.dropna(subset=["at"]).reset_index(drop=True)

@@ -155,6 +155,11 @@ def validation_history(root: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def experiment_readings(root: str) -> pd.DataFrame:
+    return data.experiment_readings(root)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
 def bad_rows(root: str) -> pd.DataFrame:
     summary = data.validation_summary(root)
     return data.bad_rows(root, summary) if summary else pd.DataFrame()

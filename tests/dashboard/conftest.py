@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,6 +24,27 @@ FAST_TWO_STAGE = {"model": "two_stage", "sources": ["covisit", "transitions", "p
 REJECTED = ["validate.policy=quarantine", "validate.window_start='2017-11-25T03:00:00+00:00'",
             "validate.max_bad_fraction=0.05", "gate.min_ndcg_at_10=2.0"]
 FAILED_EXPECTATION = "expect_column_values_to_be_between"
+
+
+def reading(at: str, decision: str, shoppers: int, champion_clicks: float, challenger_clicks: float,
+            ci: tuple[float | None, float | None], experiment: str = "v2-vs-v3") -> dict[str, Any]:
+    """One experiment reading in the shape ``pipelines.experiments.online.look`` records it."""
+    arms = {arm: {"shoppers": shoppers, "lists": 3 * shoppers, "clicks": int(rate * 3 * shoppers), "carts": 0,
+                  "purchases": 0, "revenue": 0.0, "clicks_per_list": rate, "carts_per_list": 0.0,
+                  "purchases_per_list": 0.01, "revenue_per_list": 0.0}
+            for arm, rate in (("champion", champion_clicks), ("challenger", challenger_clicks))}
+    test = {"difference": challenger_clicks - champion_clicks, "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.5,
+            "likelihood_ratio": 1.0}
+    return {"experiment": experiment, "at": at, "champion_version": "2", "challenger_version": "3", "share": 0.5,
+            "window_s": 1800, "alpha": 0.05, "primary": "clicks", "guardrail": "purchases", "decision": decision,
+            "applied": decision != "continue", "arms": arms,
+            "tests": {"clicks": test, "purchases": test | {"difference": 0.0, "ci_low": None, "ci_high": None}}}
+
+
+# three readings of one experiment: unbounded at first, then narrowing until the challenger is promoted
+READINGS = [reading("2026-12-01T10:00:00Z", "continue", 40, 0.20, 0.22, (None, None)),
+            reading("2026-12-01T11:00:00Z", "continue", 120, 0.20, 0.24, (-0.01, 0.09)),
+            reading("2026-12-01T12:00:00Z", "promote", 300, 0.20, 0.25, (0.01, 0.09))]
 
 
 def _pipeline(root: Path, overrides: list[str]) -> None:
@@ -51,6 +73,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _pipeline(root, [])
         _pipeline(root, [])
         _pipeline(root, REJECTED)
+    from pipelines.experiments.online import append_history
+
+    for record in READINGS:
+        append_history(root / "reports", record)
     return root
 
 

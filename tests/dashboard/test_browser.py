@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # URL path -> the page's title (its h1)
 PAGES = {"": "Overview", "models": "Models", "gate": "Deployment gate", "data-quality": "Data quality",
-         "recommendations": "Recommendations explorer", "items": "Item explorer"}
+         "recommendations": "Recommendations explorer", "items": "Item explorer", "experiments": "Experiments"}
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 START_TIMEOUT_S = 60
 RENDER_TIMEOUT_MS = 60_000

@@ -14,10 +14,10 @@ from streamlit.testing.v1 import AppTest
 from dashboard import data
 from pipelines.data.events_io import read_events
 from tests.conftest import REPO, make_events
-from tests.dashboard.conftest import FAILED_EXPECTATION
+from tests.dashboard.conftest import FAILED_EXPECTATION, READINGS
 
 APP = REPO / "dashboard" / "app.py"
-PAGES = ["overview", "models", "gate", "data_quality", "recommendations", "items"]
+PAGES = ["overview", "models", "gate", "data_quality", "recommendations", "items", "experiments"]
 
 
 def open_page(root: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
@@ -46,7 +46,7 @@ def test_empty_project_says_what_to_run(page: str, empty_project: Path, monkeypa
     at = open_page(empty_project, page, monkeypatch)
     assert at.info, "an empty page explains what is missing"
     commands = [c.value for c in at.code]
-    assert any(c in ("make demo", "shoprec pipeline") for c in commands), commands
+    assert any(c in ("make demo", "shoprec pipeline", "shoprec experiment decide") for c in commands), commands
     assert not (empty_project / "mlflow.db").exists(), "reading must not create an MLflow store"
 
 
@@ -246,3 +246,31 @@ def test_bad_rows_are_looked_up_by_position_in_the_ingested_data(tmp_path: Path)
                                 {"name": "expect_y", "columns": [], "success": True, "example_rows": [0]}]}
     bad = data.bad_rows(tmp_path, summary)
     assert list(bad["user_id"]) == ["u1", "u5", "u7"] and set(bad["reason"]) == {"expect_x(ts)"}
+
+
+def test_experiments_shows_each_arm_the_test_and_every_reading(project: Path, monkeypatch: pytest.MonkeyPatch):
+    at = open_page(project, "experiments", monkeypatch)
+    shown = metrics(at)
+    assert shown["Decision"] == "Promote"
+    assert shown["Shoppers, champion"] == "300" and shown["Shoppers, challenger"] == "300"
+    assert shown["Δ clicks per list (challenger - champion)"] == "+0.0500"
+    assert "v2 (champion) vs v3 (challenger)" in texts(at)
+    table = next(t.value for t in at.dataframe if "decision" in t.value.columns)
+    assert list(table["decision"]) == ["promote", "continue", "continue"]  # newest first
+    assert list(table["shoppers (champion / challenger)"]) == ["300 / 300", "120 / 120", "40 / 40"]
+    assert len(READINGS) == len(table)
+    at.selectbox(key="arm_outcome").select("purchases").run()
+    assert not at.exception
+
+
+def test_experiment_readings_skip_broken_lines_and_keep_unbounded_intervals(project: Path, tmp_path: Path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    lines = (project / "reports" / "experiments.jsonl").read_text().splitlines()
+    (reports / "experiments.jsonl").write_text("\n".join([lines[0], "{not json", "[1, 2]", '{"at": "x"}',
+                                                          lines[2][: len(lines[2]) // 2], lines[1]]) + "\n")
+    readings = data.experiment_readings(tmp_path)
+    assert list(readings["decision"]) == ["continue", "continue"]
+    assert readings["clicks_ci_low"].isna().tolist() == [True, False]
+    assert readings["champion_shoppers"].tolist() == [40, 120]
+    assert data.experiment_readings(tmp_path / "nothing").empty
