@@ -24,9 +24,10 @@ import pyarrow.dataset as ds
 from pipelines.core.atomic import atomic_file
 from pipelines.core.config import ExperimentParams, Outcome
 from pipelines.core.errors import ShoprecError
-from pipelines.data.schema import EVENTS_SCHEMA, events_dir
+from pipelines.data.schema import events_dir
 from pipelines.experiments.attribution import OUTCOMES, attribute, shopper_outcomes
 from pipelines.experiments.sequential import ArmStats, SequentialResult, decide, msprt
+from pipelines.serving.events import LOG_SCHEMA
 from pipelines.serving.impressions import SCHEMA, read_impressions
 
 ARMS = ("champion", "challenger")
@@ -34,11 +35,12 @@ HISTORY_FILE = "experiments.jsonl"
 
 
 def read_events(directory: str | Path) -> pa.Table:
-    """The API's event log under ``directory`` (``<dir>/events/part-*.parquet``); empty when there is none."""
+    """The API's event log under ``directory`` (``<dir>/events/part-*.parquet``) with each event's request id
+    (null where the client sent none, or the batch predates it); empty when there is none."""
     parts = sorted(events_dir(directory).glob("part-*.parquet"))
     if not parts:
-        return EVENTS_SCHEMA.empty_table()
-    return ds.dataset(parts, schema=EVENTS_SCHEMA, format="parquet").to_table()
+        return LOG_SCHEMA.empty_table()
+    return ds.dataset(parts, schema=LOG_SCHEMA, format="parquet").to_table()
 
 
 def experiment_impressions(impressions: pa.Table, champion: str, challenger: str) -> pa.Table:

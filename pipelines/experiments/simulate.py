@@ -75,8 +75,8 @@ def _session(client: Any, truth: GroundTruth, user: int, rng: np.random.Generato
             return step + 1
         item_id = body["items"][choice.clicked]["item_id"]
         now = datetime.now(UTC).isoformat()
-        events = [{"user_id": f"u{user}", "item_id": item_id, "event_type": kind, "ts": now}
-                  for kind in choice.actions]
+        events = [{"user_id": f"u{user}", "item_id": item_id, "event_type": kind, "ts": now,
+                   "request_id": body["request_id"]} for kind in choice.actions]
         client.post("/v1/events", json={"events": events}, headers=auth).raise_for_status()
         current = int(listed[choice.clicked])
     return MAX_STEPS

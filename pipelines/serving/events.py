@@ -1,8 +1,10 @@
 """Feedback events: validated against the canonical schema, appended durably to the log the next training reads.
 
 The log is a canonical events directory, ``<root>/data/incoming/events/part-<ns>-<id>.parquet``, one file per
-acknowledged batch with exactly ``EVENTS_SCHEMA``, so ``pipelines.data.events_io.read_events(<root>/data/incoming)``
-(and any stage that reads a data set's ``events/``) reads it. A batch is written to a hidden temporary file,
+acknowledged batch with ``LOG_SCHEMA``: the canonical ``EVENTS_SCHEMA`` plus the ``request_id`` of the list the
+event answers (where the client sent it; online experiments credit the event to that list). Readers with
+``EVENTS_SCHEMA``, such as ``pipelines.data.events_io.read_events(<root>/data/incoming)`` and any stage that reads
+a data set's ``events/``, see the canonical columns. A batch is written to a hidden temporary file,
 flushed and fsynced, renamed into place and the directory fsynced before the API acknowledges it: an
 acknowledged batch survives a crash or restart; a batch interrupted before that leaves at most a hidden
 temporary file, which readers ignore. An anonymous shopper's event (a session id, no user id) is logged with the
@@ -37,6 +39,7 @@ from pipelines.data.schema import EVENTS_SCHEMA, events_dir
 MAX_ID_CHARS = 128
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"  # no control characters (C0, DEL, C1)
 ANONYMOUS_USER_PREFIX = "session:"  # the logged user id of an event without one
+LOG_SCHEMA = EVENTS_SCHEMA.append(pa.field("request_id", pa.string()))
 
 
 def printable_id(value: str) -> str:
@@ -74,6 +77,7 @@ class _EventFields(BaseModel):
     event_type: EventType
     ts: Timestamp
     category_id: Id | None = None
+    request_id: Id | None = Field(None, description="the request_id of the list this event answers, if any")
 
     @field_validator("ts")
     @classmethod
@@ -122,9 +126,9 @@ class EventLog:
     def append(self, events: list[Event]) -> str:
         """Write ``events`` durably; returns the batch file's name. Blocks for a write + fsync (milliseconds)."""
         rows = [e.model_dump() | {"user_id": e.logged_user_id} for e in events]
-        frame = pd.DataFrame(rows, columns=[f.name for f in EVENTS_SCHEMA])
+        frame = pd.DataFrame(rows, columns=[f.name for f in LOG_SCHEMA])
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
-        table = pa.Table.from_pandas(frame, schema=EVENTS_SCHEMA, preserve_index=False)
+        table = pa.Table.from_pandas(frame, schema=LOG_SCHEMA, preserve_index=False)
         with self._lock:
             return write_batch(self.directory, table)
 

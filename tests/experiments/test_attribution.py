@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.data.schema import EVENTS_SCHEMA
 from pipelines.experiments.attribution import attribute, shopper_outcomes
+from pipelines.serving.events import LOG_SCHEMA
 from pipelines.serving.impressions import SCHEMA
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -24,6 +25,13 @@ def _events(rows: list[tuple]) -> pa.Table:
     return pa.Table.from_pylist([{"user_id": u, "item_id": i, "event_type": e, "ts": T0 + timedelta(seconds=s),
                                   "category_id": None, "session_id": None} for u, i, e, s in rows],
                                 schema=EVENTS_SCHEMA)
+
+
+def _logged(rows: list[tuple]) -> pa.Table:
+    """Events as the API logs them: with the request id the client named (or None)."""
+    return pa.Table.from_pylist([{"user_id": u, "item_id": i, "event_type": e, "ts": T0 + timedelta(seconds=s),
+                                  "category_id": None, "session_id": None, "request_id": r}
+                                 for u, i, e, s, r in rows], schema=LOG_SCHEMA)
 
 
 @pytest.fixture
@@ -67,3 +75,16 @@ def test_outcomes_are_summed_per_shopper_and_arm(shown):
     ]
     with pytest.raises(ValueError):
         attribute(shown, events, window_s=0)
+
+
+def test_an_event_naming_its_list_is_credited_to_it_whenever_it_comes(shown):
+    events = _logged([
+        ("u1", "a", "view", 90, "r1"),         # names the older list: r1, not the newer r2
+        ("u1", "b", "purchase", 7200, "r1"),   # long after the window, still r1's
+        ("u1", "a", "cart", 100, "r404"),      # an unknown list: the window rule (r2)
+        ("u1", "z", "view", 10, "r1"),         # r1 did not show z: not credited
+        ("u1", "a", "view", 95, None),         # no request id: the window rule
+    ])
+    got = attribute(shown, events, window_s=3600).to_pylist()
+    assert [(r["request_id"], r["item_id"], r["event_type"], r["seconds_after"]) for r in got] == [
+        ("r1", "a", "view", 90), ("r2", "a", "view", 35), ("r2", "a", "cart", 40), ("r1", "b", "purchase", 7200)]

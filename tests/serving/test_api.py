@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines.data.events_io import read_events
+from pipelines.data.schema import EVENTS_SCHEMA
+from pipelines.experiments.online import read_events as read_logged_events
 from pipelines.serving import ServingModel
 from pipelines.serving.app import create_app
 from pipelines.serving.settings import Settings
@@ -141,13 +143,17 @@ def test_acknowledged_events_are_durable_and_readable_by_training(served: Servin
         ack = first.post("/v1/events", json={"events": [EVENT, EVENT | {"item_id": "brand-new-item"}]}, headers=AUTH)
         assert ack.status_code == 200 and ack.json()["accepted"] == 2
     with TestClient(create_app(settings(tmp_path), served)) as second:  # a restart
-        extra = EVENT | {"event_type": "purchase", "category_id": "c1", "session_id": "s9"}
+        extra = EVENT | {"event_type": "purchase", "category_id": "c1", "session_id": "s9", "request_id": "r7"}
         assert second.post("/v1/events", json={"events": [extra]}, headers=AUTH).status_code == 200
     log = read_events(tmp_path / "data" / "incoming").sort_values(["item_id", "event_type"])
     assert list(zip(log["item_id"], log["event_type"], log["session_id"].fillna("-"), strict=True)) == [
         ("brand-new-item", "view", "-"), ("i1", "purchase", "s9"), ("i1", "view", "-")]
     assert str(log["ts"].dt.tz) == "UTC" and {t.isoformat() for t in log["ts"]} == {"2017-12-04T09:00:00+00:00"}
     assert not list((tmp_path / "data" / "incoming" / "events").glob(".*"))  # no temporary files left
+    assert list(log.columns) == [f.name for f in EVENTS_SCHEMA]  # training sees the canonical columns
+    logged = read_logged_events(tmp_path / "data" / "incoming").to_pylist()  # experiments see the list's id
+    assert sorted((r["item_id"], r["request_id"] or "-") for r in logged) == [
+        ("brand-new-item", "-"), ("i1", "-"), ("i1", "r7")]
 
 
 @pytest.mark.parametrize("path", [
@@ -175,7 +181,8 @@ def test_bad_session_bodies_are_a_clear_4xx(client: TestClient, body: bytes):
 
 @pytest.mark.parametrize("event", [
     EVENT | {"ts": "0001-01-01T00:00:00+01:00"}, EVENT | {"event_type": "click"}, EVENT | {"user_id": ""},
-    EVENT | {"item_id": "x\ny"}, {k: v for k, v in EVENT.items() if k != "ts"},
+    EVENT | {"item_id": "x\ny"}, {k: v for k, v in EVENT.items() if k != "ts"}, EVENT | {"request_id": ""},
+    EVENT | {"request_id": 5},
 ])
 def test_bad_events_are_rejected_and_not_logged(client: TestClient, event: dict[str, Any], tmp_path: Path):
     response = client.post("/v1/events", json={"events": [event]}, headers=AUTH)
