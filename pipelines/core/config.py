@@ -83,8 +83,11 @@ def with_overrides(params: HyperT, overrides: Mapping[str, Any]) -> HyperT:
 class SASRecParams(_Hyper):
     """SASRec (``train.sasrec``); ``loss="auto"`` picks the full softmax up to ``full_softmax_max_items`` items.
 
-    lr 0.002 and dropout 0.5 were chosen on Beauty's validation split; the time budget keeps the benchmark
-    under 15 minutes. The seed is ``train.seed``.
+    lr 0.002 and dropout 0.5 were chosen on Beauty's validation split. Training length is ``max_epochs`` with
+    ``patience``: 22 epochs is what the former 240 s wall-clock budget reached on Beauty on an idle machine
+    (validation NDCG@10 was still rising), so the shipped result is unchanged but no longer depends on the
+    machine's load. ``time_budget_s`` is only a safety cap (3x that run); hitting it is recorded. The seed is
+    ``train.seed``.
     """
 
     max_len: int = Field(50, ge=1)
@@ -94,14 +97,15 @@ class SASRecParams(_Hyper):
     dropout: float = Field(0.5, ge=0, lt=1)
     lr: float = Field(0.002, gt=0)
     batch_size: int = Field(128, ge=1)
-    max_epochs: int = Field(200, ge=1)  # also the number of epochs trained when fit() gets no validation targets
+    max_epochs: int = Field(22, ge=1)  # also the number of epochs trained when fit() gets no validation targets
     patience: int = Field(10, ge=1)  # epochs without a better validation NDCG@10 before stopping
     loss: Literal["auto", "softmax", "sampled"] = "auto"
     num_negatives: int = Field(1024, ge=1)  # shared by the whole batch (sampled softmax only)
     # Full softmax materialises (target positions x catalogue) logits per step: at batch 128 x max_len 50 and 20k
     # items that is at most ~0.5 GB with its gradient. Larger catalogues switch to the sampled softmax.
     full_softmax_max_items: int = Field(20_000, ge=1)
-    time_budget_s: float | None = Field(240.0, ge=0)  # no epoch starts that would end past it (the first always runs)
+    # safety cap: no epoch starts that would end past it (the first always runs); recorded when it stops a fit
+    time_budget_s: float | None = Field(720.0, ge=0)
     # from this many items top lists come from an approximate index of the item vectors (pipelines/models/retrieval.py)
     ann_min_items: int = Field(50_000, ge=1)
 
@@ -121,8 +125,9 @@ class LightGCNParams(_Hyper):
     """LightGCN (``train.lightgcn``). ``patience`` counts evaluations (every ``eval_every`` epochs), not epochs.
 
     The best validation NDCG@10 on Amazon Beauty within a 4-minute CPU budget: 3 layers beat 2, lr 1e-2 beat 5e-3
-    (both stopped by the budget), l2 1e-3 and 4 negatives edged out 1e-4 and 1; the shipped budget is 90 s.
-    Edge weights are ``train.event_weights`` and the seed is ``train.seed``.
+    (both stopped by the budget), l2 1e-3 and 4 negatives edged out 1e-4 and 1. ``max_epochs`` 30 is what the
+    former 90 s budget reached on Beauty, idle (validation NDCG@10 still rising); ``time_budget_s`` is only a
+    safety cap (3x), recorded when hit. Edge weights are ``train.event_weights`` and the seed is ``train.seed``.
     """
 
     dim: int = Field(64, ge=1)
@@ -131,11 +136,11 @@ class LightGCNParams(_Hyper):
     l2: float = Field(1e-3, ge=0)
     batch_size: int = Field(2048, ge=1)
     negatives: int = Field(4, ge=1)  # per positive edge; their BPR terms are averaged
-    max_epochs: int = Field(200, ge=1)  # also the number of epochs trained when fit() gets no validation targets
+    max_epochs: int = Field(30, ge=1)  # also the number of epochs trained when fit() gets no validation targets
     patience: int = Field(3, ge=1)
     eval_every: int = Field(5, ge=1)
     init_std: float = Field(0.1, gt=0)
-    time_budget_s: float | None = Field(90.0, ge=0)
+    time_budget_s: float | None = Field(270.0, ge=0)  # safety cap, recorded when hit
     ann_min_items: int = Field(50_000, ge=1)  # as SASRec's: from this many items, top lists come from an ANN index
 
 
@@ -153,10 +158,10 @@ class DeepParams(_Hyper):
     lr: float = Field(1e-3, gt=0)
     batch_groups: int = Field(128, ge=1)
     max_epochs: int = Field(50, ge=1)  # also the number of epochs trained when fit() gets no valid data
-    patience: int = Field(4, ge=1)
+    patience: int = Field(4, ge=1)  # on Beauty it stops at epoch 12 (47 s idle)
     eval_at: int = Field(10, ge=1)
     seed: int = 0
-    time_budget_s: float | None = Field(90.0, ge=0)
+    time_budget_s: float | None = Field(240.0, ge=0)  # safety cap (~5x the Beauty fit), recorded when hit
 
 
 class BoostedParams(_Hyper):

@@ -35,6 +35,7 @@ from pipelines.features.interactions import Interactions, PartedHistory, Vocab
 from pipelines.models import Recommender
 from pipelines.models.base import recent_items
 from pipelines.models.content import CONTENT_FILE, ContentIndex, closest_new, explore_list, explore_slots
+from pipelines.models.stopping import capped_fits
 from pipelines.models.train import EVAL_HISTORY, load_model
 from pipelines.models.two_stage import sample_users
 
@@ -175,6 +176,7 @@ def evaluate_models(
             report["component_users"] = int(len(block_users))
         if isinstance(model, Recommender) and model.report:
             report["validation"] = model.report
+            report["time_cap_hit"] = capped_fits(model.report)
     per_user_all: dict[str, dict[str, np.ndarray]] = {}
     explore_lists: dict[str, dict[int, np.ndarray]] = {}
     for name in models:

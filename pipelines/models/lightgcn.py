@@ -34,6 +34,7 @@ from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Targets
 from pipelines.models.retrieval import VectorRecommender
+from pipelines.models.stopping import TIME_CAP, StoppedBy, training_record
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -167,7 +168,8 @@ class _Trainer:
 
 
 class _Budget:
-    """Wall clock of ``fit``: the slowest epoch and evaluation so far predict whether another round still fits."""
+    """The wall-clock safety cap of ``fit``: the slowest epoch and evaluation so far predict whether another round
+    still fits. Training length is ``max_epochs`` with patience; the cap only guards against a runaway fit."""
 
     def __init__(self, seconds: float | None):
         self.seconds = seconds
@@ -212,6 +214,7 @@ class LightGCN(VectorRecommender):
             raise ValueError("lightgcn: event weights must be positive")
         self.history_: list[dict[str, float]] = []
         self.best_epoch_ = 0
+        self.training_: dict[str, Any] = {}
         self.ego_: np.ndarray | None = None
         self.user_emb_: np.ndarray | None = None
         self.item_emb_: np.ndarray | None = None
@@ -245,11 +248,12 @@ class LightGCN(VectorRecommender):
         p = self.params
         self.history_, self.best_epoch_, best_ndcg, best_ego = [], 0, -np.inf, trainer.ego_numpy()
         losses: list[float] = []
+        stopped_by: StoppedBy = "max_epochs"
         for epoch in range(1, p.max_epochs + 1):
             with budget.timing("epoch"):
                 losses.append(self._train_epoch(trainer, edges, rng))
-            last = epoch == p.max_epochs or not budget.allows_epoch()
-            if epoch % p.eval_every and not last:
+            capped = epoch < p.max_epochs and not budget.allows_epoch()
+            if epoch % p.eval_every and epoch < p.max_epochs and not capped:
                 continue
             with budget.timing("evaluation"):
                 ndcg = self._evaluate(trainer.ego_numpy(), adjacency, valid)
@@ -257,9 +261,15 @@ class LightGCN(VectorRecommender):
             losses = []
             if valid is None or ndcg > best_ndcg:  # without targets the latest epoch is the best
                 best_ndcg, best_ego, self.best_epoch_ = ndcg, trainer.ego_numpy(), epoch
-            if last or (epoch - self.best_epoch_) >= p.patience * p.eval_every:
+            if (epoch - self.best_epoch_) >= p.patience * p.eval_every:
+                stopped_by = "patience"
                 break
-        log.info("lightgcn: best epoch %d (valid ndcg@10 %.4f)", self.best_epoch_, best_ndcg)
+            if capped:
+                stopped_by = TIME_CAP
+                break
+        self.training_ = training_record(epoch, self.best_epoch_, stopped_by, budget.elapsed(), p.time_budget_s)
+        log.info("lightgcn: best epoch %d of %d (valid ndcg@10 %.4f, stopped by %s)", self.best_epoch_, epoch,
+                 best_ndcg, stopped_by)
         return best_ego
 
     def _train_epoch(self, trainer: _Trainer, edges: Edges, rng: np.random.Generator) -> float:
@@ -287,6 +297,11 @@ class LightGCN(VectorRecommender):
     def _record(self, epoch: int, loss: float, ndcg: float, seconds: float) -> None:
         self.history_.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": ndcg, "seconds": seconds})
         log.info("lightgcn epoch %d: loss %.4f valid ndcg@10 %.4f (%.0f s)", epoch, loss, ndcg, seconds)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The index's report and how training stopped."""
+        return super().report | ({"training": self.training_} if self.training_ else {})
 
     def _embed(self, adjacency: sp.csr_matrix, ego: np.ndarray) -> None:
         """Propagate ``ego`` over ``adjacency`` into the user and item tables used for scoring; any item index is

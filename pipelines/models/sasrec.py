@@ -22,6 +22,7 @@ from pipelines.evaluation.metrics import ndcg_at_k
 from pipelines.features.interactions import Interactions
 from pipelines.models.base import Targets
 from pipelines.models.retrieval import VectorRecommender
+from pipelines.models.stopping import TIME_CAP, StoppedBy, training_record
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -301,6 +302,7 @@ class SASRec(VectorRecommender):
         self.seed = seed
         self.history_: list[dict[str, float]] = []
         self.best_epoch_ = 0
+        self.training_: dict[str, Any] = {}
         self.n_items_ = 0
         self._net: _Network | None = None
         self._weights: list[np.ndarray] | None = None
@@ -328,6 +330,7 @@ class SASRec(VectorRecommender):
         step = self._net.train_step(kind, p.lr, sampler.log_q if sampler else None, float(per_batch))
         log.info("sasrec: %d sequences, %d items, %s loss", len(inputs), history.n_items, kind)
         self.history_, best_ndcg, best_weights = [], -1.0, None
+        stopped_by: StoppedBy = "max_epochs"
         for epoch in range(1, p.max_epochs + 1):
             epoch_start = time.perf_counter()
             loss = self._train_epoch(step, inputs, targets, rng, sampler)
@@ -340,7 +343,10 @@ class SASRec(VectorRecommender):
             reason = self._stop_reason(epoch, start, seconds)
             if reason:
                 log.info("sasrec: stopping after epoch %d: %s", epoch, reason)
+                stopped_by = reason
                 break
+        self.training_ = training_record(epoch, self.best_epoch_, stopped_by, time.perf_counter() - start,
+                                         p.time_budget_s)
         self._net.set_weights(best_weights)
         self._items = None
         self.index_items(p.ann_min_items)
@@ -348,15 +354,21 @@ class SASRec(VectorRecommender):
                  time.perf_counter() - start)
         return self
 
-    def _stop_reason(self, epoch: int, start: float, last_epoch_seconds: float) -> str | None:
-        """Why to stop now: patience ran out, or another epoch would overrun the time budget."""
+    def _stop_reason(self, epoch: int, start: float, last_epoch_seconds: float) -> StoppedBy | None:
+        """Why to stop now: ``patience`` epochs without a better validation NDCG, or another epoch would overrun
+        the wall-clock safety cap."""
         p = self.params
         if epoch - self.best_epoch_ >= p.patience:
-            return f"no improvement for {p.patience} epochs"
+            return "patience"
         elapsed = time.perf_counter() - start
         if p.time_budget_s is not None and elapsed + last_epoch_seconds > p.time_budget_s:
-            return f"time budget {p.time_budget_s:.0f} s"
+            return TIME_CAP
         return None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The index's report and how training stopped."""
+        return super().report | ({"training": self.training_} if self.training_ else {})
 
     def _train_epoch(
         self, step: Any, inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator,

@@ -202,9 +202,11 @@ class TwoStage(Recommender):
     @property
     def report(self) -> dict[str, Any]:
         """Validation candidate recall, fit timings and the ranker selection (every ranker's held-out metrics), and
-        what fitting the sources measured where they say (an item index's recall against exact search)."""
+        what fitting the sources and rankers measured where they say (an item index's recall against exact
+        search, how an iterative fit stopped)."""
         sources = {name: source.report for name, source in self.sources.items() if source.report}
-        return self.report_ | ({"sources": sources} if sources else {})
+        rankers = {name: ranker.report for name, ranker in self.rankers.items() if ranker.report}
+        return self.report_ | ({"sources": sources} if sources else {}) | ({"rankers": rankers} if rankers else {})
 
     def with_history(self, history: Interactions) -> Self:
         """A copy whose sources score against ``history``; rankers and their choice stay as trained."""

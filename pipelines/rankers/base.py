@@ -91,6 +91,11 @@ class Ranker(ABC):
     def predict(self, data: RankingData) -> np.ndarray:
         """float32 score per row, higher is better."""
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """What fitting measured (e.g. how an iterative ranker stopped); {} when nothing."""
+        return {}
+
     def feature_importances(self) -> dict[str, float]:
         """Feature name -> share of the model's total importance; {} when the model has no such notion."""
         return {}

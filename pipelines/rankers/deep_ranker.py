@@ -17,6 +17,7 @@ import numpy as np
 
 from pipelines.core.config import DeepParams, with_overrides
 from pipelines.core.keras_runtime import LayerSeeds, tensorflow
+from pipelines.models.stopping import TIME_CAP, StoppedBy, training_record
 from pipelines.rankers.base import Ranker, RankingData
 from pipelines.rankers.metrics import ndcg_at_k_grouped
 
@@ -207,6 +208,7 @@ class DeepRanker(Ranker):
         self.params = with_overrides(params or DeepParams(), overrides)
         self.best_iteration_ = 0
         self.history_: dict[str, list[float]] = {}
+        self.training_: dict[str, Any] = {}
         self.n_items_ = 0
         self.n_users_ = 0
         self._scaler: _Scaler | None = None
@@ -234,19 +236,29 @@ class DeepRanker(Ranker):
                  self._scaler.n_outputs)
         self.history_ = {"loss": [], f"valid_ndcg@{p.eval_at}": [], "seconds": []}
         best, best_weights = -1.0, None
+        stopped_by: StoppedBy = "max_epochs"
         for epoch in range(1, p.max_epochs + 1):
             epoch_start = time.perf_counter()
-            loss = self._train_epoch(step, inputs, target, groups, rng, start)
+            loss, finished = self._train_epoch(step, inputs, target, groups, rng, start)
             ndcg = self._valid_ndcg(valid) if valid is not None else float("nan")
             self._record(loss, ndcg, time.perf_counter() - epoch_start)
             if valid is None or ndcg > best:
                 best, best_weights, self.best_iteration_ = ndcg, self._net.get_weights(), epoch
-            if self._should_stop(epoch, start):
+            reason = self._stop_reason(epoch, start) if finished else TIME_CAP
+            if reason:
+                stopped_by = reason
                 break
         self._net.set_weights(best_weights)
-        log.info("deep: best epoch %d of %d (valid ndcg %.4f, %.0f s)", self.best_iteration_, epoch, best,
-                 time.perf_counter() - start)
+        self.training_ = training_record(epoch, self.best_iteration_, stopped_by, time.perf_counter() - start,
+                                         p.time_budget_s)
+        log.info("deep: best epoch %d of %d (valid ndcg %.4f, %.0f s, stopped by %s)", self.best_iteration_, epoch,
+                 best, time.perf_counter() - start, stopped_by)
         return self
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """How training stopped (epochs, the epoch kept, whether the safety cap cut it)."""
+        return {"training": self.training_} if self.training_ else {}
 
     @staticmethod
     def _size(given: int | None, codes: np.ndarray | None) -> int:
@@ -265,8 +277,8 @@ class DeepRanker(Ranker):
                 _codes(data.user_codes, self.n_users_, data.n_rows))
 
     def _train_epoch(self, step: Any, inputs: tuple[np.ndarray, ...], target: np.ndarray, groups: _Groups,
-                     rng: np.random.Generator, start: float) -> float:
-        """One pass over the groups in random batches; stops early once the time budget is spent."""
+                     rng: np.random.Generator, start: float) -> tuple[float, bool]:
+        """One pass over the groups in random batches: mean loss, and False when the safety cap cut it short."""
         p = self.params
         x, items, users = inputs
         order = rng.permutation(groups.ids)
@@ -276,21 +288,24 @@ class DeepRanker(Ranker):
             batch_items, batch_users = (_drop_codes(codes[rows], p.code_dropout, rng) for codes in (items, users))
             losses.append(float(step(x[rows], batch_items, batch_users, segment, target[rows])))
             if p.time_budget_s is not None and time.perf_counter() - start > p.time_budget_s:
-                break
-        return float(np.mean(losses))
+                return float(np.mean(losses)), False
+        return float(np.mean(losses)), True
 
     def _record(self, loss: float, ndcg: float, seconds: float) -> None:
         for key, value in zip(self.history_, (loss, ndcg, seconds), strict=True):
             self.history_[key].append(value)
         log.info("deep epoch %d: loss %.4f valid ndcg %.4f (%.1f s)", len(self.history_["loss"]), loss, ndcg, seconds)
 
-    def _should_stop(self, epoch: int, start: float) -> bool:
-        """Patience ran out, or another epoch would overrun the time budget."""
+    def _stop_reason(self, epoch: int, start: float) -> StoppedBy | None:
+        """Why to stop now: ``patience`` epochs without a better valid NDCG, or another epoch would overrun the
+        wall-clock safety cap."""
         p = self.params
         if epoch - self.best_iteration_ >= p.patience:
-            return True
+            return "patience"
         elapsed = time.perf_counter() - start
-        return p.time_budget_s is not None and elapsed + self.history_["seconds"][-1] > p.time_budget_s
+        if p.time_budget_s is not None and elapsed + self.history_["seconds"][-1] > p.time_budget_s:
+            return TIME_CAP
+        return None
 
     def _valid_ndcg(self, valid: RankingData) -> float:
         return ndcg_at_k_grouped(self.predict(valid), valid.labels, valid.group, k=self.params.eval_at)

@@ -47,6 +47,7 @@ CHAMPION = "champion"
 PREVIOUS = "previous_champion"
 CHALLENGER = "challenger"
 GATE_TAG = "gate"
+TIME_CAP_TAG = "training.time_cap_hit"  # fits cut short by the wall-clock safety cap, "none" when none
 METRIC_KS = (5, 10, 20)
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch request (every hyper-parameter is a param: ~120)
@@ -201,11 +202,14 @@ def log_training_run(paths: Paths, params: Params) -> RunRecord:
     with registry_lock(paths.root):
         reg = client(paths.root)
         gate = read_json(paths.gate)
-        metrics = candidate_metrics(read_json(paths.metrics / "metrics.json"))
+        evaluation = read_json(paths.metrics / "metrics.json")
+        metrics = candidate_metrics(evaluation)
         versions, inputs = data_version(paths)
         status = "passed" if gate["passed"] else "failed"
+        capped = ",".join(evaluation.get("time_cap_hit", [])) or "none"  # fits the wall-clock safety cap cut short
         run = reg.create_run(_experiment_id(reg), run_name=f"training-{time.strftime('%Y%m%dT%H%M%S')}",
-                                tags={GATE_TAG: status, **{f"data.{k}": v for k, v in versions.items()}})
+                                tags={GATE_TAG: status, TIME_CAP_TAG: capped,
+                                      **{f"data.{k}": v for k, v in versions.items()}})
         run_id = run.info.run_id
         try:
             now = int(time.time() * 1000)

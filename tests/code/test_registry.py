@@ -71,9 +71,19 @@ def test_run_logs_params_metrics_data_version_and_model(tmp_path: Path, store: P
     assert len(run.data.params) == len(registry.flatten(Params().model_dump(by_alias=True)))
     assert run.data.tags["data.source"] == "synthetic"
     assert len(run.data.tags["data.validated_md5"]) == 32
+    assert run.data.tags["training.time_cap_hit"] == "none"
     artifacts = (store / "mlartifacts").rglob("*")
     assert {p.relative_to(p.parents[1]).as_posix() for p in artifacts if p.is_file()} >= {
         "model/meta.json", "gate/gate.json", "validation/summary.json", "data/data_version.json"}
+
+
+def test_fits_cut_by_the_time_cap_are_tagged_on_the_run(tmp_path: Path, store: Path):
+    paths = fake_training(tmp_path, True)
+    metrics = json.loads((paths.metrics / "metrics.json").read_text())
+    capped = {"time_cap_hit": ["source:sasrec", "ranker:deep"]}
+    (paths.metrics / "metrics.json").write_text(json.dumps(metrics | capped))
+    run = registry.client().get_run(registry.log_training_run(paths, Params()).run_id)
+    assert run.data.tags["training.time_cap_hit"] == "source:sasrec,ranker:deep"
 
 
 def test_only_a_passing_gate_moves_champion_and_rollback_restores(tmp_path: Path, store: Path):

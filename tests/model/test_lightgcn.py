@@ -11,6 +11,7 @@ from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.base import Targets
 from pipelines.models.lightgcn import LightGCN, LightGCNParams
 from pipelines.models.popularity import Popularity
+from pipelines.models.stopping import capped_fits
 from tests.conftest import make_events
 
 CLUSTER = 12  # items per community
@@ -109,6 +110,15 @@ def test_without_targets_the_budget_stops_training_and_keeps_the_last_epoch(data
     model = LightGCN(PARAMS, time_budget_s=0.0).fit(train)
     assert [row["epoch"] for row in model.history_] == [1] and model.best_epoch_ == 1
     assert np.isnan(model.history_[0]["valid_ndcg@10"])
+    assert model.report["training"]["stopped_by"] == "time cap" and capped_fits(model.report) == ["model"]
+
+
+def test_without_targets_max_epochs_is_the_length_and_is_recorded(data):
+    train, _, _ = data
+    model = LightGCN(PARAMS, max_epochs=3, time_budget_s=None).fit(train)
+    assert model.training_ | {"seconds": 0} == {"epochs": 3, "best_epoch": 3, "stopped_by": "max_epochs",
+                                                "seconds": 0, "time_cap_s": None}
+    assert capped_fits(model.report) == []
 
 
 def test_invalid_params_are_rejected():

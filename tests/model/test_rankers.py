@@ -80,6 +80,15 @@ def test_early_stopping_uses_valid(fitted: Ranker) -> None:
     assert 0 < fitted.best_iteration_ < cap
     assert fitted.best_iteration_ < len(valid_curve) < cap  # stopped after patience, before the cap
     assert valid_curve[fitted.best_iteration_ - 1] == pytest.approx(max(valid_curve))
+    if fitted.name == "deep":  # an iterative fit says how it stopped (GBDTs' early stopping is the library's)
+        assert fitted.report["training"]["stopped_by"] == "patience"
+        assert fitted.report["training"]["epochs"] == len(valid_curve)
+
+
+def test_deep_time_cap_cuts_training_and_is_recorded(data: dict[str, RankingData]) -> None:
+    ranker = DeepRanker(**PARAMS["deep"] | {"time_budget_s": 0.0}).fit(data["train"], data["valid"])
+    assert len(ranker.history_["loss"]) == 1  # the cap stops within the first epoch, after one batch
+    assert ranker.report["training"]["stopped_by"] == "time cap"
 
 
 def test_joblib_round_trip_gives_identical_predictions(fitted: Ranker, data: dict[str, RankingData], tmp_path) -> None:

@@ -16,6 +16,7 @@ from pipelines.features.interactions import Interactions, Vocab
 from pipelines.models.base import Recommender
 from pipelines.models.popularity import Popularity
 from pipelines.models.sasrec import SASRec, SASRecParams, _full_softmax, last_items, training_sequences
+from pipelines.models.stopping import capped_fits
 from tests.conftest import make_events, move_python_random
 
 N_USERS, N_ITEMS = 200, 30
@@ -126,16 +127,21 @@ def test_early_stopping_restores_the_best_epoch(fitted: SASRec, data: Features):
     assert len(curve) < TINY["max_epochs"], "patience should have stopped training"
     assert fitted.best_epoch_ == int(np.argmax(curve)) + 1
     assert len(curve) == fitted.best_epoch_ + TINY["patience"]
+    assert fitted.report["training"] | {"seconds": 0} == {
+        "epochs": len(curve), "best_epoch": fitted.best_epoch_, "stopped_by": "patience", "seconds": 0,
+        "time_cap_s": TINY.get("time_budget_s", SASRecParams().time_budget_s)}
     assert fitted._valid_ndcg(data.target_sets("valid")) == pytest.approx(max(curve), abs=1e-9)
     assert all(e["seconds"] > 0 and np.isfinite(e["loss"]) for e in fitted.history_)
 
 
-def test_time_budget_and_no_validation_bound_training(data: Features):
+def test_max_epochs_and_the_time_cap_bound_training_and_say_which(data: Features):
     model = SASRec(**TINY | {"max_epochs": 2}).fit(data.history(("train",)))
     assert len(model.history_) == 2 and model.best_epoch_ == 2
+    assert model.training_["stopped_by"] == "max_epochs"
     assert np.isnan(model.history_[0]["valid_ndcg@10"])
     model = SASRec(**TINY | {"max_epochs": 50, "time_budget_s": 1e-3}).fit(data.history(("train",)))
-    assert len(model.history_) == 1  # the first epoch always runs, then the budget is spent
+    assert len(model.history_) == 1  # the first epoch always runs, then the cap is spent
+    assert model.training_["stopped_by"] == "time cap" and capped_fits(model.report) == ["model"]
 
 
 def test_joblib_round_trip_gives_identical_scores(fitted: SASRec, data: Features, tmp_path):
