@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numba import njit
 
 from pipelines.data.schema import EVENT_TYPES
 from pipelines.features.interactions import Interactions, PartedHistory, Vocab
@@ -169,14 +170,45 @@ def _attribute_features(p: _Profiles, info: ItemInfo, cands: Candidates) -> dict
     else:
         gathered = np.stack([pair_values(p.attributes, cands.user, cand_attrs[:, j])
                              for j in range(cand_attrs.shape[1])], 1)
-    last_attrs = info.attributes[np.maximum(last, 0)]
-    shared_last = (cand_attrs[:, :, None] == last_attrs[:, None, :]) & valid[:, :, None] & has_last[:, None, None]
+    shared_last = _shared_counts(cand_attrs, info.attributes[np.maximum(last, 0)], has_last)
     return {
         "attr_overlap_recent": (gathered.sum(axis=1) / (n_valid * p.n_recent[cands.user])).astype(np.float32),
         "attr_any_recent": (gathered > 0).sum(axis=1).astype(np.float32) / n_valid,
-        "attr_shared_with_last": shared_last.any(axis=2).sum(axis=1).astype(np.float32) / n_valid,
+        "attr_shared_with_last": shared_last.astype(np.float32) / n_valid,
         "same_category_as_last": same_category,
     }
+
+
+@njit(cache=True, nogil=True)
+def _shared_counts(cand_attrs: np.ndarray, last_attrs: np.ndarray, has_last: np.ndarray) -> np.ndarray:
+    """Per row: how many of the candidate's attributes (-1: none) the last item also has (0 without a last item).
+
+    A loop per row: the vectorised (rows x 16 x 16) comparison was ~20x slower and most of the features' time.
+    """
+    out = np.zeros(cand_attrs.shape[0], dtype=np.int64)
+    for row in range(cand_attrs.shape[0]):
+        if not has_last[row]:
+            continue
+        for a in cand_attrs[row]:
+            if a >= 0:
+                for b in last_attrs[row]:
+                    if a == b:
+                        out[row] += 1
+                        break
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _ranks_in_groups(values: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """float32 rank of each value within its user's group, highest first, ties in row order (a sort per group:
+    one lexsort of every row was most of the source features' time)."""
+    rank = np.empty(len(values), dtype=np.float32)
+    for g in range(len(group)):
+        begin = starts[g]
+        order = np.argsort(-values[begin: begin + group[g]], kind="mergesort")
+        for position in range(len(order)):
+            rank[begin + order[position]] = position
+    return rank
 
 
 def _source_features(cands: Candidates) -> dict[str, np.ndarray]:
@@ -191,10 +223,7 @@ def _source_features(cands: Candidates) -> dict[str, np.ndarray]:
         user_max = np.where(np.isfinite(user_max), user_max, np.nan)
         out[f"{name}_score"] = s
         out[f"{name}_score_rel"] = (s / np.where(np.abs(user_max) > 0, user_max, np.nan)[row_user]).astype(np.float32)
-        order = np.lexsort((-filled, row_user))
-        rank = np.empty(len(s), dtype=np.float32)
-        rank[order] = np.arange(len(s)) - np.repeat(starts, cands.group)
-        out[f"{name}_rank"] = rank
+        out[f"{name}_rank"] = _ranks_in_groups(filled, starts, cands.group)
         out[f"{name}_proposed"] = cands.proposed[name].astype(np.float32)
     out["n_sources_proposing"] = np.sum([p for p in cands.proposed.values()], axis=0).astype(np.float32)
     return out
@@ -220,4 +249,7 @@ class FeatureContext:
         feats |= _category_features(self.profiles, self.info, cands)
         feats |= _attribute_features(self.profiles, self.info, cands)
         names = list(feats)
-        return np.column_stack([feats[n] for n in names]).astype(np.float32), names
+        X = np.empty((len(cands.item), len(names)), dtype=np.float32, order="F")  # column writes stay contiguous:
+        for j, name in enumerate(names):  # ~15x faster than column_stack's strided ones
+            X[:, j] = feats[name]
+        return np.ascontiguousarray(X), names

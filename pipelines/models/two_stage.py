@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Self
@@ -63,6 +63,28 @@ class Scored:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+RANKER_FIT, SOURCE_STOP, RANKER_STOP, SELECTION = range(4)
+ROLE_NAMES = {RANKER_FIT: "ranker_fit", RANKER_STOP: "ranker_stop", SELECTION: "selection"}
+
+
+@dataclass(frozen=True)
+class ValidationRoles:
+    """Shares of the validation users, disjoint, so that no score is read on users it was fitted or stopped on:
+    the sources' early stopping, the rankers' early stopping, and the ranker selection (whose score is then an
+    unbiased estimate of the chosen ranker but for the choice among a few); the rest trains the rankers."""
+
+    source_stop: float = 0.1
+    ranker_stop: float = 0.1
+    selection: float = 0.1
+
+    def assign(self, n_users: int, seed: int) -> np.ndarray:
+        """A seeded role per validation user (``RANKER_FIT``, ``SOURCE_STOP``, ``RANKER_STOP`` or ``SELECTION``)."""
+        draw = np.random.default_rng(seed).random(n_users)
+        edges = np.cumsum([self.source_stop, self.ranker_stop, self.selection])
+        role = np.searchsorted(edges, draw, side="right") + 1
+        return np.where(role > SELECTION, RANKER_FIT, role)
+
+
 def ranked_lists(cands: Candidates, row_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each user's top-k candidate items by ``row_scores`` and those scores (-1 / -inf padded to k columns)."""
     width = max(int(cands.group.max(initial=0)), 1)
@@ -108,13 +130,13 @@ class TwoStage(Recommender):
 
     def __init__(
         self, sources: dict[str, Recommender], rankers: dict[str, Ranker], info: ItemInfo,
-        n_per_source: int = 50, holdout_share: float = 0.2, seed: int = 0, exclude_seen: bool = True,
+        n_per_source: int = 50, roles: ValidationRoles | None = None, seed: int = 0, exclude_seen: bool = True,
         max_ranker_users: int | None = None,
     ):
         self.sources, self.rankers, self.info = sources, rankers, info
         self.max_ranker_users = max_ranker_users  # bounds ranker-training memory at scale (seeded sample)
         self.exclude_seen = exclude_seen  # False where repeat purchases are real: seen items may be candidates
-        self.n_per_source, self.holdout_share, self.seed = n_per_source, holdout_share, seed
+        self.n_per_source, self.roles, self.seed = n_per_source, roles or ValidationRoles(), seed
         self.report_: dict[str, Any] = {}
 
     # -- fitting -------------------------------------------------------------------------------------------
@@ -135,56 +157,48 @@ class TwoStage(Recommender):
             raise ValueError("TwoStage.fit needs validation targets: the rankers learn from them")
         run_jobs = run_jobs or run_sequentially
         timings: dict[str, float] = {}
-        fitted = run_jobs({f"source-{name}": partial(_timed_fit, source.fit_parts, history, valid)
+        role = self.roles.assign(len(valid[0]), self.seed)
+        source_valid = _targets_of(valid, np.flatnonzero(role == SOURCE_STOP))
+        stopping = source_valid if len(source_valid[0]) else None  # without users: the sources train max_epochs
+        fitted = run_jobs({f"source-{name}": partial(_timed_fit, source.fit_parts, history, stopping)
                            for name, source in self.sources.items()})
         for name in self.sources:
             self.sources[name], timings[f"fit_{name}"] = fitted[f"source-{name}"]
             log.info("source fitted name=%s seconds=%.1f", name, timings[f"fit_{name}"])
         self.popularity_ = item_popularity(history)
         self._attach(Interactions.empty(history.vocab))
-        users, targets = sample_users(*valid, self.max_ranker_users, self.seed)
+        rows = np.flatnonzero(role != SOURCE_STOP)
+        rows = rows[sample_index(len(rows), self.max_ranker_users, self.seed)]
+        (users, targets), role = _targets_of(valid, rows), role[rows]
         start = time.perf_counter()
-        scored = self._score_parts(history, users)
+        cands, (train, stop, selected) = self._role_data(history, users, targets, role)
         timings["candidates_and_features"] = round(time.perf_counter() - start, 2)
-        y = labels(scored.cands, targets)
-        self.report_ = {"valid_candidate_recall": candidate_recall(scored.cands, targets), "timings": timings}
-        fit_mask, hold_mask = self._holdout(len(users), scored.cands.group, y)
-        train, hold = _subset(scored, y, fit_mask), _subset(scored, y, hold_mask)
-        fitted = run_jobs({f"ranker-{name}": partial(_timed_fit, ranker.fit, train, hold)
+        self.report_ = {"valid_candidate_recall": candidate_recall(cands, targets), "timings": timings,
+                        "validation_users": {name: int((role == code).sum()) for code, name in ROLE_NAMES.items()}
+                        | {"source_stop": len(source_valid[0])}}
+        fitted = run_jobs({f"ranker-{name}": partial(_timed_fit, ranker.fit, train, stop)
                            for name, ranker in self.rankers.items()})
         for name in self.rankers:
             self.rankers[name], timings[f"fit_ranker_{name}"] = fitted[f"ranker-{name}"]
             log.info("ranker fitted name=%s seconds=%.1f", name, timings[f"fit_ranker_{name}"])
-        self._select(scored, [t for t, keep in zip(targets, hold_mask, strict=True) if keep], hold_mask)
+        self._select(selected, [t for t, r in zip(targets, role, strict=True) if r == SELECTION])
         return self
 
-    def _holdout(self, n_users: int, group: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Users whose groups train the rankers (those with a positive) and held-out users for selection."""
-        rng = np.random.default_rng(self.seed)
-        hold = rng.random(n_users) < self.holdout_share
-        starts = np.r_[0, np.cumsum(group)[:-1]]
-        has_pos = np.zeros(n_users, dtype=bool)
-        nonempty = group > 0
-        has_pos[nonempty] = np.add.reduceat(y, starts[nonempty]) > 0
-        return ~hold & has_pos, hold
-
-    def _select(self, scored: Scored, hold_targets: list[np.ndarray], hold_mask: np.ndarray) -> None:
-        """Pick the ranker with the best NDCG@10 over all held-out users (misses of the pool count as 0)."""
-        keep = hold_mask[np.repeat(np.arange(len(hold_mask)), scored.cands.group)]
-        cands = _cands_subset(scored.cands, hold_mask)
+    def _select(self, selected: Scored, targets: list[np.ndarray]) -> None:
+        """Pick the ranker with the best NDCG@10 over the selection users (misses of the pool count as 0)."""
         results = {}
         for name, ranker in self.rankers.items():
-            recs = ranked_lists(cands, ranker.predict(_rows(scored.data, keep)), 20)[0]
+            recs = ranked_lists(selected.cands, _predict(ranker, selected), 20)[0]
             results[name] = {m: round(float(v.mean()), 5) for m, v in
-                             per_user_metrics(recs, hold_targets, [10, 20]).items() if m.startswith(("ndcg", "hr"))}
-        for name, top in cands.source_top.items():
+                             per_user_metrics(recs, targets, [10, 20]).items() if m.startswith(("ndcg", "hr"))}
+        for name, top in selected.cands.source_top.items():
             results[f"source:{name}"] = {m: round(float(v.mean()), 5) for m, v in
-                                         per_user_metrics(top, hold_targets, [10, 20]).items()
+                                         per_user_metrics(top, targets, [10, 20]).items()
                                          if m.startswith(("ndcg", "hr"))}
         self.ranker_name_ = max(self.rankers, key=lambda n: results[n]["ndcg@10"])
         self.report_["selection"] = {
-            "metric": "ndcg@10 on held-out validation users",
-            "held_out_users": int(hold_mask.sum()),
+            "metric": "ndcg@10 on the selection users (no source or ranker stopped or trained on them)",
+            "held_out_users": len(targets),
             "results": results,
             "chosen": self.ranker_name_,
         }
@@ -308,20 +322,41 @@ class TwoStage(Recommender):
                            np.zeros(len(items), dtype=np.int64))
         return FeatureContext(one, self.info, self.popularity_)  # what the catalogue did, not what one user did
 
-    def _score_parts(self, history: PartedHistory, users: np.ndarray) -> Scored:
-        """Candidates and features of the sorted known ``users``, each scored against its own part of ``history``."""
-        pieces = []
+    def _role_data(self, history: PartedHistory, users: np.ndarray, targets: list[np.ndarray], role: np.ndarray,
+                   ) -> tuple[Candidates, tuple[RankingData, RankingData, Scored]]:
+        """Every user's candidates, and the labelled features of the rankers' training users (those whose pool
+        holds a target), their stopping users and the selection users, built batch by batch and kept per role:
+        no matrix of every user's features is ever held (it would double the peak)."""
+        cands, selected = [], []
+        kept: dict[int, list[RankingData]] = {RANKER_FIT: [], RANKER_STOP: [], SELECTION: []}
+        offset = 0
+        for piece in self._scored_batches(history, users):
+            n = len(piece.cands.users)
+            mine, y = role[offset: offset + n], labels(piece.cands, targets[offset: offset + n])
+            offset += n
+            cands.append(piece.cands)
+            selected.append(_cands_subset(piece.cands, mine == SELECTION))
+            for code, mask in ((RANKER_FIT, (mine == RANKER_FIT) & _has_positive(piece.cands.group, y)),
+                               (RANKER_STOP, mine == RANKER_STOP), (SELECTION, mine == SELECTION)):
+                kept[code].append(_subset(piece, y, mask))
+        names = list(self.sources)
+        train, stop, chosen = (RankingData.concat(kept[code]) for code in (RANKER_FIT, RANKER_STOP, SELECTION))
+        return Candidates.concat(cands, names), (train, stop, Scored(Candidates.concat(selected, names), chosen))
+
+    def _scored_batches(self, history: PartedHistory, users: np.ndarray) -> Iterator[Scored]:
+        """Candidates and features of the sorted known ``users`` in batches (at least one, maybe empty), each
+        scored against its own part of ``history``."""
+        empty = True
         for part in history:
             mine = part.users_in(users)
             if len(mine):
                 attached = self.attach(part)
-                pieces.append(attached._score_batch(mine, attached._feature_context(), self.exclude_seen))
-        if not pieces:
-            return self._score_batch(users[:0], self._feature_context(), self.exclude_seen)
-        if len(pieces) == 1:
-            return pieces[0]
-        return Scored(Candidates.concat([p.cands for p in pieces], list(self.sources)),
-                      RankingData.concat([p.data for p in pieces]))
+                context = attached._feature_context()
+                for i in range(0, len(mine), RANK_BATCH):
+                    empty = False
+                    yield attached._score_batch(mine[i: i + RANK_BATCH], context, self.exclude_seen)
+        if empty:
+            yield self._score_batch(users[:0], self._feature_context(), self.exclude_seen)
 
     def _score_batch(self, users: np.ndarray, context: FeatureContext, exclude_seen: bool) -> Scored:
         """Candidates of known ``users`` with their features (``context`` describes the users' history)."""
@@ -373,10 +408,27 @@ def _timed_fit(fit: Callable[..., Any], *data: Any) -> tuple[Any, float]:
 
 def sample_users(users: np.ndarray, targets: list[np.ndarray], max_users: int | None, seed: int) -> Targets:
     """A seeded sample of ``max_users`` users (kept in their sorted order) with their targets; all when None."""
-    if max_users is None or len(users) <= max_users:
-        return users, targets
-    keep = np.sort(np.random.default_rng([seed, len(users)]).choice(len(users), max_users, replace=False))
-    return users[keep], [targets[i] for i in keep]
+    return _targets_of((users, targets), sample_index(len(users), max_users, seed))
+
+
+def sample_index(n: int, max_users: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``max_users`` of ``n`` users; all of them when None or fewer."""
+    if max_users is None or n <= max_users:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, n]).choice(n, max_users, replace=False))
+
+
+def _targets_of(valid: Targets, rows: np.ndarray) -> Targets:
+    users, targets = valid
+    return users[rows], [targets[i] for i in rows]
+
+
+def _has_positive(group: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per user: whether any of its candidates is a target (only such groups teach a ranker anything)."""
+    out = np.zeros(len(group), dtype=bool)
+    nonempty = group > 0
+    out[nonempty] = np.add.reduceat(y, np.r_[0, np.cumsum(group)[:-1]][nonempty]) > 0
+    return out
 
 
 def _predict(ranker: Ranker, scored: Scored) -> np.ndarray:

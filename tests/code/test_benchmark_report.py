@@ -42,9 +42,10 @@ def _run(name: str, ndcg: float, capped: list[str]) -> dict:
     overall = {"hr@10": 0.11, "ndcg@10": ndcg}
     report = {"wall_seconds": 250.0, "timings": [{"peak_rss_mb": 3000}, {"peak_rss_mb": 3500}],
               "test": {"models": {"candidate": {"overall": overall}}, "time_cap_hit": capped,
-                       "components": {"ranker:deep": overall}},
+                       "components": {"ranker:deep": overall, "source:sasrec": {"hr@10": 0.1, "ndcg@10": 0.06}}},
               "validation": {"sources": {"sasrec": {"training": training}},
-                             "selection": {"chosen": "deep", "results": {"deep": {"ndcg@10": 0.08}}}}}
+                             "selection": {"chosen": "deep", "results": {"deep": {"ndcg@10": 0.08},
+                                                                         "source:sasrec": {"ndcg@10": 0.065}}}}}
     return {"name": name, "busy": name == "busy", "load": {"mean": 1.0, "max": 2.0}, "report": report}
 
 
@@ -58,5 +59,5 @@ def test_reproducibility_report_flags_a_difference_beyond_the_tolerance():
     assert not moved["within_tolerance"]
     text = repro_markdown(moved, "cmd", "seqfile:x")
     assert "largest difference 0.0030, **NOT met**" in text and "| busy | one core spinning |" in text
-    assert "30 / 20 / time cap / 90 s" in text and "gap +0.0100" in text
+    assert "30 / 20 / time cap / 90 s" in text and "gap +0.0100" in text and "sasrec +0.0050" in text
     assert "Wall <= 300 s: 250 s, met" in text and "Peak RSS <= 4,096 MB: 3,500 MB, met" in text

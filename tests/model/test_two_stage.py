@@ -87,6 +87,34 @@ def test_a_catalogue_without_attributes_skips_the_gather_with_the_same_features(
     assert (skipped[:, names.index("same_category_as_last")] > 0).any()
 
 
+def test_attributes_shared_with_the_last_item_count_each_candidate_attribute_once():
+    """The per-row loop agrees with the broadcast comparison it replaced, on random tables with empty slots."""
+    from pipelines.features.ranking import _shared_counts
+
+    rng = np.random.default_rng(5)
+    cand, last = rng.integers(-1, 12, (500, 6)), rng.integers(-1, 12, (500, 6))
+    has_last = rng.random(500) < 0.8
+    valid = cand >= 0
+    broadcast = ((cand[:, :, None] == last[:, None, :]) & valid[:, :, None] & has_last[:, None, None]).any(axis=2)
+    np.testing.assert_array_equal(_shared_counts(cand, last, has_last), broadcast.sum(axis=1))
+    assert _shared_counts(np.array([[3, 3, -1]]), np.array([[3, -1, -1]]), np.array([True]))[0] == 2
+
+
+def test_ranks_within_each_users_candidates_follow_score_then_row_order():
+    """The per-group sort agrees with one lexsort of every row (ties in row order, -inf last, empty groups)."""
+    from pipelines.features.ranking import _ranks_in_groups
+
+    rng = np.random.default_rng(6)
+    group = rng.integers(0, 9, 300)
+    values = rng.integers(0, 4, group.sum()).astype(np.float32)  # many ties
+    values[rng.random(len(values)) < 0.2] = -np.inf
+    starts = np.r_[0, np.cumsum(group)[:-1]]
+    row_user = np.repeat(np.arange(len(group)), group)
+    expected = np.empty(len(values), dtype=np.float32)
+    expected[np.lexsort((-values, row_user))] = np.arange(len(values)) - np.repeat(starts, group)
+    np.testing.assert_array_equal(_ranks_in_groups(values, starts, group), expected)
+
+
 def test_changing_test_targets_changes_no_recommendation(features: Features, trained: dict[str, Recommender]):
     """A two-stage model trained after every test event and target changed gives the same test lists: fitting
     (sources, rankers, selection, item info) never sees the test fold."""
@@ -193,3 +221,49 @@ def test_a_tiny_catalogue_never_pools_seen_items():
     assert (cands.group == 4).all()
     for top in cands.source_top.values():
         assert top.shape == (len(users), 8) and ((top >= 0).sum(axis=1) == 4).all() and (top[:, 4:] == -1).all()
+
+
+class RecordingSource(Popularity):
+    """Popularity that remembers the validation users it was given to stop on."""
+
+    def fit_parts(self, history, valid=None) -> Self:  # type: ignore[no-untyped-def]
+        self.stop_users_ = set() if valid is None else set(valid[0].tolist())
+        return super().fit_parts(history)
+
+
+class RecordingRanker(Ranker):
+    """Scores candidates by the first feature and remembers the users it trained and stopped on."""
+
+    name = "recording"
+
+    def fit(self, train: RankingData, valid: RankingData | None = None) -> Self:
+        self.feature_names_ = list(train.feature_names)
+        self.train_users_ = set(train.user_codes.tolist())
+        self.stop_users_ = set() if valid is None else set(valid.user_codes.tolist())
+        return self
+
+    def predict(self, data: RankingData) -> np.ndarray:
+        return data.X[:, 0].astype(np.float32)
+
+
+def test_each_use_of_validation_sees_its_own_users(features: Features):
+    """Sources' early stopping, ranker training, ranker stopping and selection read disjoint validation users."""
+    from pipelines.models.two_stage import ValidationRoles
+
+    info = ItemInfo.build(features.vocab, features.items, features.category)
+    model = TwoStage({"pop": RecordingSource(), "covisit": CoVisitation()}, {"recording": RecordingRanker()}, info,
+                     roles=ValidationRoles(source_stop=0.2, ranker_stop=0.15, selection=0.25))
+    valid = features.target_sets("valid")
+    model.fit(features.history(("train",)), valid)
+    source_users = model.sources["pop"].stop_users_
+    ranker = model.rankers["recording"]
+    counts = model.report["validation_users"]
+    assert counts["source_stop"] == len(source_users) and counts["selection"] == model.report["selection"][
+        "held_out_users"]
+    assert sum(counts.values()) == len(valid[0])
+    shares = {name: n / len(valid[0]) for name, n in counts.items()}
+    assert abs(shares["source_stop"] - 0.2) < 0.05 and abs(shares["selection"] - 0.25) < 0.05
+    assert ranker.train_users_ and ranker.stop_users_ and source_users
+    assert not ranker.train_users_ & ranker.stop_users_
+    assert not source_users & (ranker.train_users_ | ranker.stop_users_)
+    assert len(ranker.stop_users_) <= counts["ranker_stop"] and len(ranker.train_users_) <= counts["ranker_fit"]
