@@ -117,6 +117,15 @@ ITEMS ?= 1000000
 bench-ann: setup
 	$(BIN)/python -m benchmarks.ann --items $(ITEMS) --doc docs/BENCHMARKS.md
 
+# Generated sequence file (issue 16) at the size of a data set we benchmark on but do not have (~35,600 users with
+# 3+ items, ~18,400 items, ~300,000 interactions, Amazon Beauty format), then `shoprec benchmark` on it.
+.PHONY: bench-seqfile
+bench-seqfile: setup
+	$(BIN)/shoprec generate --out outputs/seqfile-data --users 45500 --items 22000 --events-per-user 9 \
+		--sequences outputs/seqfile.txt
+	$(BIN)/shoprec benchmark --dataset seqfile:outputs/seqfile.txt,attributes=outputs/seqfile_item2attributes.json \
+		--out outputs/bench-seqfile
+
 # Reproducibility (issue 16): the Beauty benchmark on an idle machine and beside a job spinning on one core; test
 # metrics, wall time, peak memory and how each fit stopped; writes docs/BENCHMARKS.md (reproducibility section).
 .PHONY: bench-repro

@@ -60,16 +60,25 @@ def generate(
     users: Annotated[int | None, typer.Option(help="override synthetic.users")] = None,
     events_per_user: Annotated[float | None, typer.Option(help="override synthetic.events_per_user")] = None,
     seed: Annotated[int | None, typer.Option(help="override synthetic.seed")] = None,
+    items: Annotated[int | None, typer.Option(help="override synthetic.items")] = None,
+    sequences: Annotated[Path | None, typer.Option(
+        help="also write it as a sequence file (Amazon Beauty format, for `benchmark --dataset seqfile:...`)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Write the embedded synthetic Taobao-like data set."""
     from pipelines.data.generate import generate as run
 
-    overrides = {k: v for k, v in {"users": users, "events_per_user": events_per_user, "seed": seed}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"users": users, "events_per_user": events_per_user, "seed": seed,
+                                   "items": items}.items() if v is not None}
     syn = load_params(params).synthetic.model_copy(update=overrides)
     manifest = run(out, syn, progress=True)
     console.print(f"wrote {manifest.rows:,} events of {manifest.users:,} users to {out}")
+    if sequences is not None:
+        from pipelines.data.sequences import write_sequences
+
+        counts = write_sequences(out, sequences)
+        console.print(f"wrote {counts['interactions']:,} interactions of {counts['users']:,} users on "
+                      f"{counts['items']:,} items to {sequences} (attributes: {counts['attributes']})")
 
 
 @app.command()

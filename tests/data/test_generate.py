@@ -256,3 +256,31 @@ def test_successor_graph_does_not_depend_on_its_block_size(monkeypatch: pytest.M
     monkeypatch.setattr(gen, "_SUCCESSOR_BLOCK", 7)
     blocked = gen._build_world(params)
     assert (whole.successors == blocked.successors).all() and (whole.successor_cum == blocked.successor_cum).all()
+
+
+def test_a_sequence_file_lists_each_users_distinct_items_in_first_touch_order(
+    dataset: Path, events: pd.DataFrame, items: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The Beauty-format copy ingests back through ``seqfile:`` with every user's first touches, in order."""
+    import json
+
+    from pipelines.data.ingest import ingest
+    from pipelines.data.sequences import write_sequences
+
+    counts = write_sequences(dataset, tmp_path / "seq.txt")
+    firsts = events.sort_values("ts", kind="stable").drop_duplicates(["user_id", "item_id"])
+    per_user = firsts.groupby("user_id")["item_id"].apply(list)
+    kept = per_user[per_user.map(len) >= 3]
+    lines = [line.split() for line in (tmp_path / "seq.txt").read_text().splitlines()]
+    assert counts["users"] == len(lines) == len(kept) and counts["interactions"] == sum(map(len, kept))
+    kept_firsts = firsts[firsts["user_id"].isin(kept.index)]
+    item_first = kept_firsts.groupby("item_id")["ts"].min().reset_index().sort_values(["ts", "item_id"])
+    code = dict(zip(item_first["item_id"], map(str, range(1, len(item_first) + 1)), strict=True))
+    user_first = kept_firsts.groupby("user_id")["ts"].min().reset_index().sort_values(["ts", "user_id"])
+    expected = [[code[i] for i in kept[u]] for u in user_first["user_id"]]
+    assert [line[1:] for line in lines] == expected and min(map(len, expected)) >= 3
+    attributes = json.loads(Path(str(counts["attributes"])).read_text())
+    assert len(attributes) == counts["items"] and all(len(a) == 3 for a in attributes.values())
+    manifest = ingest(f"seqfile:{tmp_path / 'seq.txt'},attributes={counts['attributes']}", tmp_path / "ingested")
+    assert manifest.users == counts["users"] and manifest.rows == counts["interactions"]
+    assert len(items) >= counts["items"]
