@@ -106,15 +106,20 @@ def labels(cands: Candidates, targets: list[np.ndarray]) -> np.ndarray:
     return np.isin(keys, tkeys).astype(np.float32)
 
 
+def has_target(group: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per user (``group``: candidates per user): whether any of its candidates is a target (``y`` from ``labels``)."""
+    out = np.zeros(len(group), dtype=bool)
+    nonempty = group > 0
+    out[nonempty] = np.add.reduceat(y, np.r_[0, np.cumsum(group)[:-1]][nonempty]) > 0
+    return out
+
+
 def candidate_recall(cands: Candidates, targets: list[np.ndarray], ks: tuple[int, ...] = (10, 50, 100)) -> dict:
     """Recall of each source's own list at several depths, and of the merged pool: what each contributes."""
     out: dict[str, dict[str, float]] = {}
     for name, top in cands.source_top.items():
         out[name] = {f"recall@{k}": round(float(hit_rate_at_k(top, targets, k).mean()), 5)
                      for k in ks if k <= top.shape[1]}
-    y = labels(cands, targets)
-    hit_users = np.add.reduceat(y, np.r_[0, np.cumsum(cands.group)[:-1]]) if len(y) else np.zeros(0)
-    hit_users = np.where(cands.group > 0, hit_users, 0)
-    out["merged"] = {"recall": round(float((hit_users > 0).mean()), 5),
+    out["merged"] = {"recall": round(float(has_target(cands.group, labels(cands, targets)).mean()), 5),
                      "mean_candidates": round(float(cands.group.mean()), 1)}
     return out

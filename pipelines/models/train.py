@@ -17,7 +17,7 @@ from pipelines.features.encode import Features, FeatureStore, load_features
 from pipelines.features.ranking import ItemInfo
 from pipelines.models import Popularity, Recommender, build_model, build_source
 from pipelines.models.content import CONTENT_FILE, ContentIndex
-from pipelines.models.two_stage import RunJobs, TwoStage, ValidationRoles
+from pipelines.models.two_stage import RunJobs, TwoStage
 
 EVAL_HISTORY = ("train", "valid")  # what a model may see when it is scored on test targets
 ALL_EVENTS = ("train", "valid", "test")
@@ -31,8 +31,7 @@ def fit_two_stage(features: Features | FeatureStore, params: TrainParams, exclud
     info = ItemInfo.build(features.vocab, features.items, features.category)
     sources = {name: build_source(name, params, info.category) for name in params.sources}
     rankers = {name: build_ranker(name, getattr(params.ranker_params, name)) for name in params.rankers}
-    roles = ValidationRoles(**params.validation_roles.model_dump())
-    model = TwoStage(sources, rankers, info, params.n_per_source, roles, params.seed, exclude_seen,
+    model = TwoStage(sources, rankers, info, params.n_per_source, params.validation_roles, params.seed, exclude_seen,
                      params.max_ranker_users)
     return model.fit_parts(features.histories(("train",)), features.target_sets("valid"), run_jobs)
 

@@ -22,6 +22,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from pipelines.core.config import ValidationRolesParams
 from pipelines.evaluation.metrics import per_user_metrics
 from pipelines.features.interactions import Interactions, PartedHistory, Vocab
 from pipelines.features.ranking import FeatureContext, ItemInfo, item_popularity
@@ -41,6 +42,7 @@ from pipelines.models.candidates import (
     Candidates,
     candidate_recall,
     generate_candidates,
+    has_target,
     labels,
     pool_scores,
 )
@@ -67,22 +69,14 @@ RANKER_FIT, SOURCE_STOP, RANKER_STOP, SELECTION = range(4)
 ROLE_NAMES = {RANKER_FIT: "ranker_fit", RANKER_STOP: "ranker_stop", SELECTION: "selection"}
 
 
-@dataclass(frozen=True)
-class ValidationRoles:
-    """Shares of the validation users, disjoint, so that no score is read on users it was fitted or stopped on:
-    the sources' early stopping, the rankers' early stopping, and the ranker selection (whose score is then an
-    unbiased estimate of the chosen ranker but for the choice among a few); the rest trains the rankers."""
-
-    source_stop: float = 0.1
-    ranker_stop: float = 0.1
-    selection: float = 0.1
-
-    def assign(self, n_users: int, seed: int) -> np.ndarray:
-        """A seeded role per validation user (``RANKER_FIT``, ``SOURCE_STOP``, ``RANKER_STOP`` or ``SELECTION``)."""
-        draw = np.random.default_rng(seed).random(n_users)
-        edges = np.cumsum([self.source_stop, self.ranker_stop, self.selection])
-        role = np.searchsorted(edges, draw, side="right") + 1
-        return np.where(role > SELECTION, RANKER_FIT, role)
+def assign_roles(shares: ValidationRolesParams, n_users: int, seed: int) -> np.ndarray:
+    """A seeded role per validation user (``RANKER_FIT``, ``SOURCE_STOP``, ``RANKER_STOP`` or ``SELECTION``) in
+    the disjoint ``shares``, so that no score is read on users it was fitted or stopped on; the selection score
+    is then an unbiased estimate of the chosen ranker but for the choice among a few."""
+    draw = np.random.default_rng(seed).random(n_users)
+    edges = np.cumsum([shares.source_stop, shares.ranker_stop, shares.selection])
+    role = np.searchsorted(edges, draw, side="right") + 1
+    return np.where(role > SELECTION, RANKER_FIT, role)
 
 
 def ranked_lists(cands: Candidates, row_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,13 +124,13 @@ class TwoStage(Recommender):
 
     def __init__(
         self, sources: dict[str, Recommender], rankers: dict[str, Ranker], info: ItemInfo,
-        n_per_source: int = 50, roles: ValidationRoles | None = None, seed: int = 0, exclude_seen: bool = True,
+        n_per_source: int = 50, roles: ValidationRolesParams | None = None, seed: int = 0, exclude_seen: bool = True,
         max_ranker_users: int | None = None,
     ):
         self.sources, self.rankers, self.info = sources, rankers, info
         self.max_ranker_users = max_ranker_users  # bounds ranker-training memory at scale (seeded sample)
         self.exclude_seen = exclude_seen  # False where repeat purchases are real: seen items may be candidates
-        self.n_per_source, self.roles, self.seed = n_per_source, roles or ValidationRoles(), seed
+        self.n_per_source, self.roles, self.seed = n_per_source, roles or ValidationRolesParams(), seed
         self.report_: dict[str, Any] = {}
 
     # -- fitting -------------------------------------------------------------------------------------------
@@ -157,7 +151,7 @@ class TwoStage(Recommender):
             raise ValueError("TwoStage.fit needs validation targets: the rankers learn from them")
         run_jobs = run_jobs or run_sequentially
         timings: dict[str, float] = {}
-        role = self.roles.assign(len(valid[0]), self.seed)
+        role = assign_roles(self.roles, len(valid[0]), self.seed)
         source_valid = _targets_of(valid, np.flatnonzero(role == SOURCE_STOP))
         stopping = source_valid if len(source_valid[0]) else None  # without users: the sources train max_epochs
         fitted = run_jobs({f"source-{name}": partial(_timed_fit, source.fit_parts, history, stopping)
@@ -336,7 +330,7 @@ class TwoStage(Recommender):
             offset += n
             cands.append(piece.cands)
             selected.append(_cands_subset(piece.cands, mine == SELECTION))
-            for code, mask in ((RANKER_FIT, (mine == RANKER_FIT) & _has_positive(piece.cands.group, y)),
+            for code, mask in ((RANKER_FIT, (mine == RANKER_FIT) & has_target(piece.cands.group, y)),
                                (RANKER_STOP, mine == RANKER_STOP), (SELECTION, mine == SELECTION)):
                 kept[code].append(_subset(piece, y, mask))
         names = list(self.sources)
@@ -421,14 +415,6 @@ def sample_index(n: int, max_users: int | None, seed: int) -> np.ndarray:
 def _targets_of(valid: Targets, rows: np.ndarray) -> Targets:
     users, targets = valid
     return users[rows], [targets[i] for i in rows]
-
-
-def _has_positive(group: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per user: whether any of its candidates is a target (only such groups teach a ranker anything)."""
-    out = np.zeros(len(group), dtype=bool)
-    nonempty = group > 0
-    out[nonempty] = np.add.reduceat(y, np.r_[0, np.cumsum(group)[:-1]][nonempty]) > 0
-    return out
 
 
 def _predict(ranker: Ranker, scored: Scored) -> np.ndarray:

@@ -248,11 +248,11 @@ class RecordingRanker(Ranker):
 
 def test_each_use_of_validation_sees_its_own_users(features: Features):
     """Sources' early stopping, ranker training, ranker stopping and selection read disjoint validation users."""
-    from pipelines.models.two_stage import ValidationRoles
+    from pipelines.core.config import ValidationRolesParams
 
     info = ItemInfo.build(features.vocab, features.items, features.category)
     model = TwoStage({"pop": RecordingSource(), "covisit": CoVisitation()}, {"recording": RecordingRanker()}, info,
-                     roles=ValidationRoles(source_stop=0.2, ranker_stop=0.15, selection=0.25))
+                     roles=ValidationRolesParams(source_stop=0.2, ranker_stop=0.15, selection=0.25))
     valid = features.target_sets("valid")
     model.fit(features.history(("train",)), valid)
     source_users = model.sources["pop"].stop_users_
