@@ -39,6 +39,7 @@ from pipelines.models.stopping import capped_fits
 from pipelines.models.train import EVAL_HISTORY, load_model
 from pipelines.models.two_stage import sample_users
 
+EXPLORE_BATCH = 1024  # users whose exploration candidates are found by one sparse product
 COLD_START_MAX_EVENTS = 3  # users with fewer training events than this form the cold-start segment
 
 
@@ -67,10 +68,10 @@ class _Exploration:
         if self.content is None or not len(self.new_items) or not explore_slots(max(self.ks), self.share):
             return [none] * len(users)
         out = []
-        for row in recent_items(part, users):
-            recent = row[row >= 0]
-            out.append(closest_new(self.content, self.content.item_vectors(recent), recent, self.new_items,
-                                   max(self.ks))[0] if len(recent) else none)
+        for start in range(0, len(users), EXPLORE_BATCH):
+            recents = [row[row >= 0] for row in recent_items(part, users[start: start + EXPLORE_BATCH])]
+            found = closest_new(self.content, recents, self.new_items, max(self.ks))
+            out += [codes if len(recent) else none for recent, (codes, _) in zip(recents, found, strict=True)]
         return out
 
     def lists(self, plain: np.ndarray, candidates: list[np.ndarray]) -> dict[int, np.ndarray]:

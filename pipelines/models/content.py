@@ -29,7 +29,7 @@ N_FEATURES = 1 << 20
 CONTENT_FILE = "content.joblib"  # the index shipped in a model directory
 WORD = re.compile(r"(?u)\b\w\w+\b")
 CONTENT_COLUMNS = ("category_id", "attributes", "brand", "title")
-DIRECT_MAX = 2048  # candidate sets up to this size are scored row by row instead of through the inverted index
+DIRECT_MAX = 50_000  # candidate sets up to this size are scored by one sparse product instead of index walks
 T = TypeVar("T")
 
 
@@ -64,12 +64,13 @@ def explore_positions(length: int, n: int) -> list[int]:
     return [int((j + 1) * length / (n + 1)) for j in range(n)]
 
 
-def closest_new(content: ContentIndex, query: sp.csr_matrix, recent: np.ndarray, new_items: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exploration candidates of a list of ``k``: the new items closest in content to ``query`` (the content
-    rows of ``recent``, the user's recent item codes), best first with their cosine, never one of ``recent``.
-    Serving and the evaluation's new-item slice both take their exploration items from here."""
-    return content.neighbours(query, 4 * k + 50, among=new_items, exclude=recent)
+def closest_new(content: ContentIndex, recents: Sequence[np.ndarray], new_items: np.ndarray,
+                k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The exploration candidates of a list of ``k`` for each of ``recents`` (a user's or session's recent item
+    codes): the new items closest in content to those items together, best first with their cosine, never one of
+    them. Serving (one row) and the evaluation's new-item slice (a batch of users) both take their exploration
+    items from here."""
+    return content.neighbours_many(content.profiles(recents), 4 * k + 50, among=new_items, excludes=recents)
 
 
 def interleave(rows: list[T], fresh: list[T]) -> list[T]:
@@ -130,6 +131,7 @@ class ContentIndex:
         keep = ~np.isin(self.extra_codes, codes)
         self.extra = sp.vstack([self.extra[keep], self.vectors(items)], format="csr")
         self.extra_codes = np.r_[self.extra_codes[keep], codes]
+        self.__dict__.pop("_among_rows", None)  # gathered before these rows changed
 
     def neighbours(self, query: sp.csr_matrix, k: int, among: np.ndarray | None = None,
                    exclude: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -137,22 +139,56 @@ class ContentIndex:
         cosine, best first, lower code first on ties; only codes in ``among`` (sorted, distinct) when given, never
         ``exclude``. ``among`` is searched, not scanned: in a large catalogue most items may be new (millions)."""
         q = sp.csr_matrix(query.sum(axis=0), dtype=np.float32) if query.shape[0] != 1 else query
-        exclude_codes = np.fromiter(exclude, dtype=np.int64)
+        return self.neighbours_many(q, k, among, [np.fromiter(exclude, dtype=np.int64)])[0]
+
+    def neighbours_many(self, queries: sp.csr_matrix, k: int, among: np.ndarray | None,
+                        excludes: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``neighbours`` of each row of ``queries`` (never its ``excludes`` row). Up to ``DIRECT_MAX`` codes in
+        ``among`` are scored for every query by one sparse product (their rows are gathered once per ``among``);
+        otherwise each query walks the inverted index."""
         if among is not None:
             among = np.asarray(among, dtype=np.int64)
-        if among is not None and len(among) <= DIRECT_MAX:  # few candidates: score them, do not walk the index
-            codes = among
-            values = (self.item_vectors(codes) @ q.T).toarray().ravel().astype(np.float32)
-            hit = values > 0
-            codes, values = codes[hit], values[hit]
-        else:
-            codes, values = self._walk(q, among, k + len(exclude_codes))
-        keep = ~np.isin(codes, exclude_codes)
+        out = []
+        if among is not None and len(among) <= DIRECT_MAX:
+            product = (queries @ self._rows_of(among).T).tocsr()
+            for row, exclude in enumerate(excludes):
+                cells = slice(product.indptr[row], product.indptr[row + 1])
+                values = product.data[cells].astype(np.float32)
+                hit = values > 0
+                out.append(self._best(among[product.indices[cells]][hit], values[hit], among, exclude, k))
+            return out
+        for row, exclude in enumerate(excludes):
+            codes, values = self._walk(queries[row], among, k + len(exclude))
+            out.append(self._best(codes, values, among, exclude, k))
+        return out
+
+    @staticmethod
+    def _best(codes: np.ndarray, values: np.ndarray, among: np.ndarray | None, exclude: np.ndarray,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of scored ``codes`` by value (lower code first on ties), in ``among``, not in ``exclude``."""
+        keep = ~np.isin(codes, exclude)
         if among is not None:
             keep &= contains(among, codes)
         codes, values = codes[keep], values[keep]
         order = np.lexsort((codes, -values))[:k]
         return codes[order], values[order]
+
+    def _rows_of(self, among: np.ndarray) -> sp.csr_matrix:
+        """``item_vectors(among)``, kept for the last ``among`` asked (evaluation and serving ask the same set of new
+        items for every user until the catalogue changes)."""
+        kept = self.__dict__.get("_among_rows")
+        if kept is None or kept[0] is not among:
+            kept = self._among_rows = (among, self.item_vectors(among))
+        return kept[1]
+
+    def profiles(self, recents: Sequence[np.ndarray]) -> sp.csr_matrix:
+        """One content row per item list: the sum of its items' rows (the query of ``closest_new``)."""
+        codes = np.concatenate([np.asarray(r, dtype=np.int64) for r in recents]) if len(recents) else np.zeros(0,
+                                                                                                              np.int64)
+        lengths = np.array([len(r) for r in recents], dtype=np.int64)
+        owner = sp.csr_matrix((np.ones(len(codes), dtype=np.float32), np.arange(len(codes)),
+                               np.r_[0, np.cumsum(lengths)]), shape=(len(recents), len(codes)))
+        return (owner @ self.item_vectors(codes)).tocsr()
 
     def _walk(self, q: sp.csr_matrix, among: np.ndarray | None, need: int) -> tuple[np.ndarray, np.ndarray]:
         """Items sharing a token with ``q`` and their cosine, through the inverted index and the extra rows: every
@@ -209,17 +245,24 @@ class ContentIndex:
 
     def item_vectors(self, codes: np.ndarray) -> sp.csr_matrix:
         """The current content rows of item ``codes`` (extra rows override base rows; unknown codes are empty)."""
-        rows = []
-        position = {int(c): i for i, c in enumerate(self.extra_codes)}
-        empty = sp.csr_matrix((1, N_FEATURES), dtype=np.float32)
-        for code in np.asarray(codes, dtype=np.int64):
-            if int(code) in position:
-                rows.append(self.extra[position[int(code)]])
-            elif 0 <= code < self.base.shape[0]:
-                rows.append(self.base[int(code)])
-            else:
-                rows.append(empty)
-        return sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, N_FEATURES), dtype=np.float32)
+        codes = np.asarray(codes, dtype=np.int64)
+        order = np.argsort(self.extra_codes, kind="stable")
+        at = np.minimum(np.searchsorted(self.extra_codes[order], codes), max(len(order) - 1, 0))
+        in_extra = (self.extra_codes[order][at] == codes) if len(order) else np.zeros(len(codes), dtype=bool)
+        in_base = ~in_extra & (codes >= 0) & (codes < self.base.shape[0])
+        rows = sp.vstack([self.base[codes[in_base]], self.extra[order[at[in_extra]]],
+                          sp.csr_matrix((int((~in_base & ~in_extra).sum()), N_FEATURES), dtype=np.float32)],
+                         format="csr")
+        position = np.empty(len(codes), dtype=np.int64)  # row of each code in ``rows``
+        for mask, start in ((in_base, 0), (in_extra, int(in_base.sum())),
+                            (~in_base & ~in_extra, int(in_base.sum() + in_extra.sum()))):
+            position[mask] = start + np.arange(int(mask.sum()))
+        return rows[position]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_among_rows", None)
+        return state
 
 
 def _token_lists(catalogue: pd.DataFrame) -> list[list[str]]:

@@ -469,11 +469,10 @@ class ServingModel:
         of a list of ``k``; None when the rules give them no slot, nothing was added or nothing is recent."""
         if not explore_slots(k, self.rules.explore_share) or not len(self.new_items) or not len(recent):
             return None
-        query = self.content.item_vectors(recent)
-        items, strength = closest_new(self.content, query, recent, self.new_items, k)
+        items, strength = closest_new(self.content, [recent], self.new_items, k)[0]
         anchors = np.zeros(0, dtype=np.int64)
         if len(items):  # the explanation: the recent item closest in content to each proposed one
-            similarity = (self.content.item_vectors(items) @ query.T).toarray()
+            similarity = (self.content.item_vectors(items) @ self.content.item_vectors(recent).T).toarray()
             anchors = recent[similarity.argmax(axis=1)].astype(np.int64)
         return _Part(items, strength, _same(len(items), self.source_index[NEW_ITEMS]), anchors)
 
