@@ -281,7 +281,7 @@ class CategoryScores(UserScores):
         liked = affinity.data > 0
         a_row, a_slot, a_value = a_row[liked], affinity.indices[liked], affinity.data[liked]
         size = index.size[a_slot]
-        head = size if whole else np.minimum(width + n_excluded[a_row], size)
+        head = size if whole else np.minimum(width + self._excluded_in(excluded, a_row, a_slot), size)
         reach = np.minimum(width + n_excluded, n_items)
         if denser_than_sparse(int(head.sum() + reach.sum()), len(rows), n_items):
             dense = DenseScores(index.dense(affinity), self.excluded[rows] if self.excluded is not None else None)
@@ -299,6 +299,17 @@ class CategoryScores(UserScores):
         bound = (a_value[cut] * index.share[index.by_slot[nxt]] + index.prior_after[nxt]).astype(np.float32)
         unsure = np.unique(a_row[cut][bound >= values[a_row[cut], width - 1]])
         return items, values, rows[unsure]
+
+    def _excluded_in(self, excluded: np.ndarray, a_row: np.ndarray, a_slot: np.ndarray) -> np.ndarray:
+        """How many of the ``excluded`` keys (row * items + item) lie in each (row, category slot): the head a
+        category needs is ``width`` plus its own excluded items, not plus all of the user's (a user with a hundred
+        seen items would otherwise read a hundred extra items of every category they like)."""
+        n_items, n_slots = len(self.index.slot), int(self.index.size.shape[0])
+        keys, counts = np.unique((excluded // n_items) * n_slots + self.index.slot[excluded % n_items],
+                                 return_counts=True)
+        wanted = a_row.astype(np.int64) * n_slots + a_slot
+        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        return np.where(keys[at] == wanted, counts[at], 0) if len(keys) else np.zeros(len(wanted), dtype=np.int64)
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         values = self.index.values(csr_lookup(self.affinity, rows, self.index.slot[items]), items)

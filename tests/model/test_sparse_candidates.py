@@ -280,3 +280,26 @@ def test_excluding_drops_further_items_from_a_users_scores(history, sources):
         np.testing.assert_array_equal(items, np.where(np.isfinite(want_values), want_items, -1), err_msg=name)
         probe = np.arange(min(history.n_items, 30))
         np.testing.assert_array_equal(scores.at(np.zeros(len(probe), dtype=np.int64), probe), dense[0, probe])
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_category_heads_read_past_each_categorys_own_seen_items(exclude_seen):
+    """Users who saw most of one category's head and little of others: each category's head must reach past the
+    seen items of that category (not of the user's whole history) to give the dense list."""
+    rng = np.random.default_rng(11)
+    n_items, n_users = 600, 40
+    category = np.arange(n_items) % 30  # 30 categories of 20 items
+    user = np.repeat(np.arange(n_users), 25)
+    # most events on one category's items (its popular head), a few elsewhere
+    item = np.where(rng.random(len(user)) < 0.8, (user % 30) + 30 * rng.integers(0, 12, len(user)),
+                    rng.integers(0, n_items, len(user)))
+    vocab = Vocab(users=np.array([f"u{u}" for u in range(n_users)], dtype=object),
+                  items=np.array([f"i{i:03d}" for i in range(n_items)], dtype=object))
+    history = Interactions(vocab, user.astype(np.int32), item.astype(np.int32),
+                           rng.integers(0, 3, len(user)).astype(np.int8),
+                           (1_500_000_000 + rng.integers(0, 5, len(user)) * 86_400).astype(np.int64))
+    model = CategoryPopularity(category, WEIGHTS).fit(history)
+    users = np.arange(n_users)
+    for n in (5, 15, 40):
+        assert_same(generate_candidates({"cat": model}, users, n, exclude_seen),
+                    dense_candidates({"cat": model}, users, n, exclude_seen))
