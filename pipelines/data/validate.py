@@ -195,7 +195,7 @@ def _validate_buckets(
     fingerprint = hashlib.sha256(",".join(source.columns).encode())
     with _buckets(source, n, plan.out.parent) as buckets:
         jobs = [(plan, bucket, paths, k == 0) for k, (bucket, paths) in enumerate(buckets)]
-        for done in imap_parts(_validate_bucket, jobs):
+        for done in imap_parts(_validate_bucket, jobs, threads=1):  # GX contexts are not shared across threads
             fingerprint.update(done.row_hashes)
             totals.add([CheckResult(c, *r) for c, r in zip(checks, done.results, strict=True)], out.rows)
             quarantine.add(done.flagged)

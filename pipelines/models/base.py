@@ -10,6 +10,7 @@ something says so through that capability, never through the caller testing its 
 from __future__ import annotations
 
 import copy
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,24 +103,27 @@ def pad_columns(values: np.ndarray, k: int, fill: float) -> np.ndarray:
 
 _PREPARED: list[tuple[str, tuple[np.ndarray, ...], Any]] = []  # newest last
 _PREPARED_KEPT = 16  # two per source of a model (item order, its key bits) and a few more
+_PREPARED_LOCK = threading.Lock()
 
 
 def prepared(kind: str, inputs: tuple[np.ndarray, ...], build: Callable[[], Any]) -> Any:
     """``build()`` of a ``kind``, reused while ``inputs`` (the fitted arrays it derives from) hold the same values.
 
     Candidate generation makes a scorer per call (two-stage ranking: per 2,048 users), and sorting 4M items costs
-    ~0.5 s, so item orders are kept across calls, whatever model object (or copy of one) holds the arrays.
+    ~0.5 s, so item orders are kept across calls, whatever model object (or copy of one) holds the arrays. Parts
+    ranked on several threads share the kept values (one lock: a value is built once).
     """
-    for index, (kept_kind, kept, value) in enumerate(_PREPARED):
-        if kept_kind == kind and len(kept) == len(inputs) and all(
-                a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
-                for a, b in zip(kept, inputs, strict=True)):
-            _PREPARED.append(_PREPARED.pop(index))
-            return value
-    value = build()
-    _PREPARED.append((kind, tuple(np.array(a, copy=True) for a in inputs), value))
-    del _PREPARED[:-_PREPARED_KEPT]
-    return value
+    with _PREPARED_LOCK:
+        for index, (kept_kind, kept, value) in enumerate(_PREPARED):
+            if kept_kind == kind and len(kept) == len(inputs) and all(
+                    a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+                    for a, b in zip(kept, inputs, strict=True)):
+                _PREPARED.append(_PREPARED.pop(index))
+                return value
+        value = build()
+        _PREPARED.append((kind, tuple(np.array(a, copy=True) for a in inputs), value))
+        del _PREPARED[:-_PREPARED_KEPT]
+        return value
 
 
 def item_order(values: np.ndarray) -> np.ndarray:
