@@ -295,6 +295,19 @@ def one_process(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in results if r.get("workers", 0) == 0), key=lambda r: r["events_requested"])
 
 
+def code_of(result: dict[str, Any]) -> str:
+    """The commit a run measured (uncommitted edits aside); runs stored before commits were recorded share one."""
+    return str(result.get("commit", "before")).rstrip("+")
+
+
+def newest_code(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the code the newest run measured: fits and projections never mix code that changed between."""
+    if not results:
+        return []
+    newest = code_of(max(results, key=lambda r: r["date"]))
+    return [r for r in results if code_of(r) == newest]
+
+
 def projection(results: list[dict[str, Any]], events: int = PROJECT_EVENTS) -> dict[str, Any]:
     """Per-stage time and memory of the complete one-process runs at ``events`` (both ``c + d * events``).
 
@@ -302,7 +315,7 @@ def projection(results: list[dict[str, Any]], events: int = PROJECT_EVENTS) -> d
     a fixed user sample) with a part linear in the events, and a power law fitted over that mix bends too low
     outside the measured range. The exponent is reported as a description of the measured range only.
     """
-    complete = [r for r in one_process(results) if r["complete"]]
+    complete = [r for r in one_process(newest_code(results)) if r["complete"]]
     sizes = [float(r["events"]) for r in complete]
     stages: dict[str, dict[str, float]] = {}
     for i, stage in enumerate(STAGES):
@@ -329,8 +342,8 @@ def cluster_pair(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
     """The complete one-process run and the complete run on the most workers (2 or more) at the largest size
     measured both ways; None when there is no such pair."""
     single = {r["events_requested"]: r for r in one_process(results) if r["complete"]}
-    clusters = [r for r in results
-                if r.get("workers", 0) >= 2 and r["complete"] and r["events_requested"] in single]
+    clusters = [r for r in results if r.get("workers", 0) >= 2 and r["complete"] and r["events_requested"] in single
+                and code_of(r) == code_of(single[r["events_requested"]])]
     if not clusters:
         return None
     best = max(clusters, key=lambda r: (r["events_requested"], r["workers"]))
@@ -406,7 +419,7 @@ def render(results: list[dict[str, Any]], command: str, project_events: int = PR
     lines += ["", f"Machine: {(single or clusters)[-1]['machine']}, shared with other engineers' jobs (see load "
               "average).", ""]
     lines += _render_clusters(single, clusters)
-    if len([r for r in single if r["complete"]]) >= 2:
+    if len([r for r in one_process(newest_code(results)) if r["complete"]]) >= 2:
         lines += _render_projection(projection(results), single[-1].get("memory_gb", _memory_gb()))
     pair = cluster_pair(results)
     lines += (_render_cluster_projection(cluster_projection(*pair, events=project_events)) if pair else [
@@ -448,7 +461,7 @@ def _code(result: dict[str, Any]) -> str:
     if "commit" not in result:
         return "before 93cc810 (1)"
     changed = "" if result.get("profile") == PROFILE else ", other profile"
-    return f"{result['commit']} ({result['threads']}{changed})"
+    return f"{result['commit']} ({result.get('threads', '?')}{changed})"
 
 
 def _render_clusters(single: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> list[str]:
@@ -459,12 +472,16 @@ def _render_clusters(single: list[dict[str, Any]], clusters: list[dict[str, Any]
     lines: list[str] = []
     for c in clusters:
         n, base = c["workers"], by_size.get(c["events_requested"])
+        base = base if base is not None and code_of(base) == code_of(c) else None  # other code: not comparable
         lines += [
             f"**The same size on {n} local Dask workers**: {_millions(c['events_requested'])} events "
-            f"(`--workers {n}`, {c['date']}): a LocalCluster of {n}",
+            f"(`--workers {n}`, {c['date']}, code {_code(c)}): a LocalCluster of {n}",
             f"single-threaded worker processes on the same {c['cores']} cores as the stage process, started for each",
             "stage; the biggest worker's peak RSS (`VmHWM`, its own since exec) from `Client.run` after the stage.",
             f"Load avg (1 min) before stages: {_loads(c)}.",
+            *([] if base is not None else [
+                "The one-process run of this size measured other code, so its column is left empty (`-`): "
+                "rerun both to compare."]),
             "",
             f"| stage | one process s | {n} workers s | speed-up | stage process peak GB | biggest worker peak GB |",
             "| --- " * 6 + "|",

@@ -267,3 +267,16 @@ def test_memory_flag_uses_the_measured_ram_of_the_machine_that_ran() -> None:
     assert f"| {projected} (over this machine's RAM) |" in bench_scale.render(results, "cmd")
     results[-1]["memory_gb"] = int(projected) + 100
     assert "(over this machine's RAM) |" not in bench_scale.render(results, "cmd")
+
+
+def test_fits_and_pairs_never_mix_runs_of_different_code() -> None:
+    old = [fake_result(n) | {"date": "2026-12-03"} for n in (1_000_000, 3_000_000)]
+    new = [fake_result(n) | {"date": "2026-12-06", "commit": "abc1234+"} for n in (3_000_000, 9_000_000)]
+    for r in new:
+        for s in r["stages"]:
+            s["seconds"] *= 0.5
+    assert bench_scale.projection(old + new, events=100_000_000)["sizes"] == [3_000_000, 9_000_000]
+    old_cluster = fake_result(9_000_000, workers=2) | {"date": "2026-12-03"}
+    assert bench_scale.cluster_pair([*new, old_cluster]) is None  # its one-process size measured other code
+    text = bench_scale.render([*new, old_cluster], "cmd")
+    assert "measured other code" in text and "abc1234+ (" in text
