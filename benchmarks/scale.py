@@ -228,6 +228,7 @@ def run_benchmark(events: int, out: Path, base_params: Path, workers: int = 0) -
         "memory_gb": _memory_gb(),
         "complete": len(stages) == len(STAGES) and stages[-1]["exit_code"] == 0,
         "commit": _commit(),
+        "pipelines_tree": _pipelines_tree(),
         "threads": os.environ.get(THREADS_ENV) or str(os.cpu_count()),
         "profile": PROFILE,
         **cluster,
@@ -243,6 +244,18 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def _pipelines_tree() -> str:
+    """The git tree id of ``pipelines/`` (the code every stage runs; ``+`` when it has uncommitted changes): equal for
+    commits that changed only docs or benchmarks, so their runs compare."""
+    try:
+        tree = subprocess.run(["git", "rev-parse", "HEAD:pipelines"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "pipelines"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return tree.stdout.strip()[:12] + ("+" if dirty.stdout.strip() else "")
 
 
 def _memory_gb() -> int:
@@ -296,8 +309,9 @@ def one_process(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def code_of(result: dict[str, Any]) -> str:
-    """The commit a run measured (uncommitted edits aside); runs stored before commits were recorded share one."""
-    return str(result.get("commit", "before")).rstrip("+")
+    """The pipeline code a run measured: the tree of ``pipelines/`` (else its commit); runs stored before either was
+    recorded share one."""
+    return str(result.get("pipelines_tree") or result.get("commit", "before"))
 
 
 def newest_code(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

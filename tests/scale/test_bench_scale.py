@@ -271,7 +271,8 @@ def test_memory_flag_uses_the_measured_ram_of_the_machine_that_ran() -> None:
 
 def test_fits_and_pairs_never_mix_runs_of_different_code() -> None:
     old = [fake_result(n) | {"date": "2026-12-03"} for n in (1_000_000, 3_000_000)]
-    new = [fake_result(n) | {"date": "2026-12-06", "commit": "abc1234+"} for n in (3_000_000, 9_000_000)]
+    new = [fake_result(n) | {"date": "2026-12-06", "commit": c, "pipelines_tree": "5b6352dffd93"}
+           for n, c in ((3_000_000, "abc1234+"), (9_000_000, "def5678"))]  # commits that left pipelines/ alone
     for r in new:
         for s in r["stages"]:
             s["seconds"] *= 0.5
