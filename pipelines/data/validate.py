@@ -22,6 +22,7 @@ their order.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -227,6 +228,9 @@ def _validate_bucket(plan: _Plan, bucket: int, paths: list[Path], docs: bool) ->
         good = events.drop(index=list(reasons)) if quarantine else events
         _write_part(events_dir(plan.out) / part_name(bucket), good, done)
     done.seconds = time.perf_counter() - started
+    # GX's context, batch and results hold the bucket's frame in reference cycles that the collector's thresholds
+    # (counted in Python objects, not bytes) leave for later: every 2M-row bucket stayed, 0.25 GB each, 9.7 GB at 100M
+    gc.collect()
     return done
 
 

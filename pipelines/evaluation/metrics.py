@@ -69,6 +69,9 @@ def per_user_metrics(recs: np.ndarray, targets: list[np.ndarray], ks: list[int])
     return {f"{name}@{k}": fn(recs, targets, k) for name, fn in METRICS.items() for k in ks}
 
 
+BOOTSTRAP_CELLS = 1 << 24  # resampled values held at once (~0.25 GB with their indices), whatever the users
+
+
 def paired_bootstrap_ci(
     a: np.ndarray, b: np.ndarray, samples: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -79,7 +82,9 @@ def paired_bootstrap_ci(
     if samples == 0:
         return float(diff.mean()), float(diff.mean()), float(diff.mean())
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(samples, len(diff)))
-    means = diff[idx].mean(axis=1)
+    # resamples drawn a block at a time: one (samples x users) index matrix is 16 GB with its gather at 1M users
+    block = max(1, BOOTSTRAP_CELLS // len(diff))
+    means = np.concatenate([diff[rng.integers(0, len(diff), size=(min(block, samples - start), len(diff)))].mean(axis=1)
+                            for start in range(0, samples, block)])
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(diff.mean()), float(lo), float(hi)

@@ -13,6 +13,7 @@ A :class:`Features` is the encoded events and targets of a set of whole users: o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import atomic_dir, read_json, write_json
-from pipelines.core.engine import map_parts
+from pipelines.core.engine import imap_parts
 from pipelines.data.schema import EVENT_TYPES, FOLDS
 from pipelines.features.interactions import Interactions, PartedHistory, Vocab
 from pipelines.features.ranking import item_categories, latest_categories
@@ -168,19 +169,57 @@ def run_features(split_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
         pq.write_table(pa.table({"user_id": vocab.arrow_users}), tmp / "users.parquet")
         pq.write_table(pa.table({"item_id": vocab.arrow_items}), tmp / "items_vocab.parquet")
         jobs = [(split_dir, tmp, name, int(offset)) for name, offset in zip(parts, offsets, strict=True)]
-        results = map_parts(_encode_part, jobs)
+        item_counts, latest, latest_known = (_Folded(reduce) for reduce in (_summed, _latest, _latest))
+        user_counts, events = [], 0  # one row per user, users disjoint between parts: nothing to fold
+        for r in imap_parts(_encode_part, jobs):  # in part order: a later part wins a tie of latest categories
+            item_counts.add(r["item_counts"])
+            latest.add(r["latest"])
+            latest_known.add(r["latest_known"])
+            user_counts.append(r["user_counts"])
+            events += r["events"]
         pd.DataFrame({  # per item code; models see the known folds' categories, the served catalogue all
-            "category_id": _latest_categories([r["latest_known"] for r in results], vocab, items).to_numpy(),
-            "serving_category_id": _latest_categories([r["latest"] for r in results], vocab, items).to_numpy(),
+            "category_id": _latest_categories(latest_known.totals(), vocab, items).to_numpy(),
+            "serving_category_id": _latest_categories(latest.totals(), vocab, items).to_numpy(),
         }).to_parquet(tmp / "item_categories.parquet", index=False)
         if items is not None:
             items.to_parquet(tmp / "items.parquet", index=False)
-        item_stats([r["item_counts"] for r in results], vocab).to_parquet(tmp / "item_stats.parquet", index=False)
-        user_stats([r["user_counts"] for r in results], vocab).to_parquet(tmp / "user_stats.parquet", index=False)
-        summary = {"users": vocab.n_users, "items": vocab.n_items, "events": sum(r["events"] for r in results),
-                   "parts": len(parts)}
+        item_stats(item_counts.totals(), vocab).to_parquet(tmp / "item_stats.parquet", index=False)
+        user_stats(user_counts, vocab).to_parquet(tmp / "user_stats.parquet", index=False)
+        summary = {"users": vocab.n_users, "items": vocab.n_items, "events": events, "parts": len(parts)}
         write_json(tmp / "summary.json", summary | {"part_names": parts})
     return summary
+
+
+class _Folded:
+    """A reduction of per-part item tables folded as the parts arrive, so memory holds a few parts' tables and the
+    running total (each part of a Taobao-sized log touches over a million items: holding every part's tables until
+    the end grew with the log, 6.7 GB at 100M events). ``reduce`` of tables in part order is associative."""
+
+    PENDING = 4  # parts' tables held before they are folded into the total
+
+    def __init__(self, reduce: Callable[[list[pd.DataFrame]], pd.DataFrame]):
+        self.reduce, self.tables = reduce, []
+
+    def add(self, table: pd.DataFrame) -> None:
+        self.tables.append(table)
+        if len(self.tables) > self.PENDING:
+            self.tables = [self.reduce(self.tables)]
+
+    def totals(self) -> list[pd.DataFrame]:
+        """The reduction of every part added, as a list of one table (none when no part was added)."""
+        return [self.reduce(self.tables)] if self.tables else []
+
+
+def _summed(counts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-item counts of several parts added up (users are disjoint between parts, so distinct users add up)."""
+    return pd.concat(counts).groupby(level=0).sum() if len(counts) > 1 else counts[0]
+
+
+def _latest(partials: list[pd.DataFrame]) -> pd.DataFrame:
+    """The latest category per item over partial ``latest_categories`` in part order (a later part wins ties)."""
+    if len(partials) == 1:
+        return partials[0]
+    return latest_categories(pd.concat(partials).rename_axis("item_id").reset_index())
 
 
 def _vocabulary(split_dir: Path, parts: list[str], items: pd.DataFrame | None) -> tuple[Vocab, np.ndarray]:

@@ -36,12 +36,20 @@ def covisitation_counts(history: Interactions, event_weights: dict[str, float], 
 
 
 def normalised_covisitation(counts: sp.csr_matrix) -> sp.csr_matrix:
-    """Counts without self-pairs, each row scaled to sum 1 so that very popular source items do not drown the rest."""
-    c = counts.tocsr(copy=True)
-    c.setdiag(0)
-    c.eliminate_zeros()
-    row_sum = np.asarray(c.sum(axis=1)).ravel()
-    return sp.diags(1.0 / np.maximum(row_sum, 1e-9)).astype(np.float32) @ c
+    """Counts without self-pairs, each row scaled to sum 1 so that very popular source items do not drown the rest.
+
+    Built from the kept entries' arrays: ``setdiag`` on a matrix of 100M+ entries goes through a COO copy and the
+    diagonal product through another, ~3x the matrix in transients at Taobao's size."""
+    c = counts.tocsr()
+    rows = np.repeat(np.arange(c.shape[0], dtype=np.int32), np.diff(c.indptr))
+    keep = (c.indices != rows) & (c.data != 0)
+    rows = rows[keep]
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=c.shape[0]))].astype(c.indptr.dtype)
+    kept = sp.csr_matrix((c.data[keep].astype(np.float32), c.indices[keep], indptr), shape=c.shape)
+    del c, keep
+    inverse = (1.0 / np.maximum(np.asarray(kept.sum(axis=1)).ravel(), 1e-9)).astype(np.float32)
+    kept.data *= inverse[rows]
+    return kept
 
 
 def recent_weights(

@@ -49,9 +49,11 @@ def test_empty_address_means_one_machine(monkeypatch: pytest.MonkeyPatch) -> Non
     assert engine.dask_client() is None
 
 
-def test_features_of_four_parts_equal_one_part(split_dirs: dict[int, Path], tmp_path: Path,
-                                               on_one_machine: None) -> None:
+@pytest.mark.parametrize("pending", [4, 1])  # item tables folded at the end, or after every part
+def test_features_of_four_parts_equal_one_part(split_dirs: dict[int, Path], tmp_path: Path, on_one_machine: None,
+                                               monkeypatch: pytest.MonkeyPatch, pending: int) -> None:
     """Encoded events, targets, categories and statistics are reductions over parts: the partitioning is invisible."""
+    monkeypatch.setattr("pipelines.features.encode._Folded.PENDING", pending)
     for n in (1, 4):
         run_features(split_dirs[n], tmp_path / f"f{n}")
     one, four = load_features(tmp_path / "f1"), load_features(tmp_path / "f4")
