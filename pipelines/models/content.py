@@ -247,10 +247,10 @@ class ContentIndex:
         """The current content rows of item ``codes`` (extra rows override base rows; unknown codes are empty)."""
         codes = np.asarray(codes, dtype=np.int64)
         order = np.argsort(self.extra_codes, kind="stable")
-        at = np.minimum(np.searchsorted(self.extra_codes[order], codes), max(len(order) - 1, 0))
-        in_extra = (self.extra_codes[order][at] == codes) if len(order) else np.zeros(len(codes), dtype=bool)
+        in_extra = contains(self.extra_codes[order], codes)
         in_base = ~in_extra & (codes >= 0) & (codes < self.base.shape[0])
-        rows = sp.vstack([self.base[codes[in_base]], self.extra[order[at[in_extra]]],
+        extra_rows = order[np.searchsorted(self.extra_codes[order], codes[in_extra])]
+        rows = sp.vstack([self.base[codes[in_base]], self.extra[extra_rows],
                           sp.csr_matrix((int((~in_base & ~in_extra).sum()), N_FEATURES), dtype=np.float32)],
                          format="csr")
         position = np.empty(len(codes), dtype=np.int64)  # row of each code in ``rows``

@@ -305,11 +305,13 @@ class CategoryScores(UserScores):
         category needs is ``width`` plus its own excluded items, not plus all of the user's (a user with a hundred
         seen items would otherwise read a hundred extra items of every category they like)."""
         n_items, n_slots = len(self.index.slot), int(self.index.size.shape[0])
-        keys, counts = np.unique((excluded // n_items) * n_slots + self.index.slot[excluded % n_items],
+        keys, counts = np.unique(pair_keys(excluded // n_items, self.index.slot[excluded % n_items], n_slots),
                                  return_counts=True)
-        wanted = a_row.astype(np.int64) * n_slots + a_slot
-        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-        return np.where(keys[at] == wanted, counts[at], 0) if len(keys) else np.zeros(len(wanted), dtype=np.int64)
+        wanted = pair_keys(a_row, a_slot, n_slots)
+        found = contains(keys, wanted)
+        out = np.zeros(len(wanted), dtype=np.int64)
+        out[found] = counts[np.searchsorted(keys, wanted[found])]
+        return out
 
     def at(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         values = self.index.values(csr_lookup(self.affinity, rows, self.index.slot[items]), items)
