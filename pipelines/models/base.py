@@ -390,6 +390,11 @@ class Recommender(ABC):
         """``with_history`` for a history held as parts (item-side state of the whole, no user state)."""
         return self.with_history(history.concat())
 
+    def released(self) -> Self:
+        """A copy for ``with_parts`` to refit, without the state that refit rebuilds from scratch, so a refit
+        need not hold the old item statistics beside the new ones. By default a plain copy (trained weights stay)."""
+        return copy.copy(self)
+
     def attach(self, part: Interactions) -> Self:
         """A copy that scores the users of ``part`` (one part of the history it was fitted on) with the same
         item-side state: rank one part's users at a time. By default the copy swaps its history for ``part``."""

@@ -58,6 +58,13 @@ class ItemToItem(Recommender):
     def with_parts(self, history: PartedHistory) -> Self:
         return self.fit_parts(history)
 
+    def released(self) -> Self:
+        """A copy without the fitted item-item state (the ``*_`` attributes): ``with_parts`` rebuilds all of it."""
+        other = copy.copy(self)
+        for name in [name for name in vars(other) if name.endswith("_")]:
+            delattr(other, name)
+        return other
+
     def attach(self, part: Interactions) -> Self:
         return copy.copy(self)._attach(part)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,8 +62,8 @@ def iter_models(features: Features | FeatureStore, params: TrainParams, exclude_
                 .fit_parts(histories["baseline"]))
     if params.model == "two_stage":
         model = fit_two_stage(features, params, exclude_seen, run_jobs)
-        yield ready("candidate", model.with_parts(histories["candidate"]))
-        yield ready("serving", model.move_to(histories["serving"]))  # the last use: no third copy in memory
+        for name in ("candidate", "serving"):  # moved in place: the train-fold sources are done once rankers are
+            yield ready(name, copy.copy(model.move_to(histories[name])))  # the copy keeps its sources after a move
     else:
         for name in ("candidate", "serving"):
             yield ready(name, build_model(params).fit_parts(histories[name]))

@@ -222,16 +222,17 @@ class TwoStage(Recommender):
 
     def with_parts(self, history: PartedHistory) -> Self:
         """A copy whose sources and item features are those of ``history`` (rankers as trained), no user state."""
-        other = copy.copy(self)
-        other.sources = dict(self.sources)
-        return other.move_to(history)
+        return copy.copy(self).move_to(history)
 
     def move_to(self, history: PartedHistory) -> Self:
-        """``with_parts`` in place: each source is refitted on ``history`` and replaces the old one before the next
-        is fitted, so memory holds one source's old and new state at a time, not two whole models (at scale a
-        model is GBs of item-item rows)."""
-        for name in list(self.sources):
-            self.sources[name] = copy.copy(self.sources[name]).with_parts(history)
+        """``with_parts`` in place. Every source first lets go of the state its refit rebuilds (``released``), so
+        memory holds the new sources and one fit's working set, not the old model beside them (at scale a model
+        is GBs of item-item rows). ``sources`` becomes a new dict: a copy taken before keeps the old sources."""
+        self.__dict__.pop("_context", None)
+        self.__dict__.pop("_kept_scorers", None)
+        self.sources = {name: source.released() for name, source in self.sources.items()}
+        for name, source in self.sources.items():
+            self.sources[name] = source.with_parts(history)
         self.popularity_ = item_popularity(history)
         return self._attach(Interactions.empty(history.vocab))
 

@@ -8,6 +8,9 @@ draw differ, so its metrics agree within sampling noise, not exactly.
 
 from __future__ import annotations
 
+import copy
+import weakref
+
 import numpy as np
 import pytest
 
@@ -16,7 +19,8 @@ from pipelines.data.generate import generate
 from pipelines.data.split import run_split
 from pipelines.evaluation.evaluate import evaluate_models
 from pipelines.features.encode import FeatureStore, load_features, run_features
-from pipelines.models.train import fit_models
+from pipelines.models.covisit import CoVisitation
+from pipelines.models.train import ALL_EVENTS, EVAL_HISTORY, fit_models, fit_two_stage
 
 FAST = TrainParams(sources=["covisit", "itemcos", "transitions", "popularity", "category_popularity"],
                    rankers=["lightgbm"], n_per_source=30)
@@ -57,6 +61,30 @@ def test_four_parts_train_and_evaluate_as_one(stores: dict[int, FeatureStore]):
     for source in ("covisit", "itemcos", "transitions", "popularity", "category_popularity"):
         assert four["components"][f"source:{source}"] == pytest.approx(one["components"][f"source:{source}"],
                                                                        abs=1e-4), source
+
+
+def test_moving_a_model_drops_the_old_item_item_rows_before_refitting(stores: dict[int, FeatureStore],
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """At scale the train stage holds one model at a time: the old co-visitation rows must be gone when their
+    refit on the longer history starts, while a copy taken before a move keeps its own rows and lists."""
+    store = stores[4]
+    model = fit_two_stage(store, FAST)
+    before = copy.copy(model)
+    part = store.histories(("train",)).part(0)
+    users = np.unique(part.user)[:50]
+    lists = before.attach(part).rank(users, 10).items
+    model.move_to(store.histories(EVAL_HISTORY))
+    assert np.array_equal(before.attach(part).rank(users, 10).items, lists)
+    assert model.sources["covisit"].matrix_.nnz > before.sources["covisit"].matrix_.nnz
+    del before
+
+    old_rows = weakref.ref(model.sources["covisit"].matrix_)
+    released_at_refit = []
+    refit = CoVisitation.fit_matrix
+    monkeypatch.setattr(CoVisitation, "fit_matrix",
+                        lambda self, history: released_at_refit.append(old_rows() is None) or refit(self, history))
+    model.move_to(store.histories(ALL_EVENTS))
+    assert released_at_refit == [True]
 
 
 def test_component_lists_on_a_sample_of_the_evaluated_users(stores: dict[int, FeatureStore]):
