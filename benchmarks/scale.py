@@ -62,6 +62,7 @@ PROJECT_EVENTS = 100_000_000  # one machine: the real Taobao log
 PROJECT_CLUSTER_EVENTS = 1_000_000_000  # --project-events default: ten Taobao logs on M machines
 PROJECT_MACHINES = (1, 4, 16, 64)
 CLUSTER_COMMAND = ".venv/bin/python -m benchmarks.scale --events N --workers 2 --out outputs/bench-scale-N-2w"
+ONE_THREAD_COMMAND = f"{THREADS_ENV}=1 .venv/bin/python -m benchmarks.scale --events N --out outputs/bench-scale-N-1t"
 BUDGET_S, BUDGET_GB = 75 * 60, 12.0  # issue 13: 100M events in <= 75 minutes, no process above 12 GB
 
 # Overrides of params.yaml for the scale runs, and why (rendered into the doc as the profile):
@@ -146,9 +147,18 @@ def run_stage(stage: str, out: Path, log_file: Path, env: dict[str, str] | None 
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit_code": proc.returncode, "load_before": round(load, 2)}
 
 
-def result_key(events: int, workers: int) -> str:
-    """Key of a measurement in the results JSON: the size, plus the worker count for a cluster run."""
-    return str(events) if workers == 0 else f"{events}@{workers}workers"
+def result_key(events: int, workers: int, one_thread: bool = False) -> str:
+    """Key of a measurement in the results JSON: the size, plus the worker count for a cluster run, or ``1thread``
+    for a one-process run held to one thread on a machine of more cores (the ``T(1)`` of the Amdahl pair)."""
+    if workers:
+        return f"{events}@{workers}workers"
+    return f"{events}@1thread" if one_thread else str(events)
+
+
+def held_to_one_thread(result: dict[str, Any]) -> bool:
+    """A one-process run with ``SHOPREC_THREADS=1`` on a machine of more cores: not the machine's one-process
+    time (tables, one-machine projection), but the one-core time an Amdahl pair needs."""
+    return result.get("workers", 0) == 0 and result.get("threads") == "1" and result.get("cores", 1) > 1
 
 
 @contextmanager
@@ -304,8 +314,10 @@ def linear_fit(sizes: list[float], values: list[float]) -> tuple[float, float]:
 
 
 def one_process(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The one-process runs by size (``workers`` 0; entries stored before the field existed ran in one process)."""
-    return sorted((r for r in results if r.get("workers", 0) == 0), key=lambda r: r["events_requested"])
+    """The one-process runs on all cores by size (``workers`` 0; entries stored before the field existed ran in one
+    process, one part at a time)."""
+    return sorted((r for r in results if r.get("workers", 0) == 0 and not held_to_one_thread(r)),
+                  key=lambda r: r["events_requested"])
 
 
 def code_of(result: dict[str, Any]) -> str:
@@ -353,9 +365,12 @@ def amdahl(one_s: float, cluster_s: float, workers: int) -> tuple[float, float]:
 
 
 def cluster_pair(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The complete one-process run and the complete run on the most workers (2 or more) at the largest size
-    measured both ways; None when there is no such pair."""
-    single = {r["events_requested"]: r for r in one_process(results) if r["complete"]}
+    """The complete one-process run on one thread and the complete run on the most workers (2 or more) of the same
+    code at the largest size measured both ways; None when there is no such pair. Amdahl's ``T(1)`` is one core's
+    time: a run whose parts share all cores in threads is not one (runs stored before ``threads`` was recorded ran
+    one part at a time)."""
+    single = {r["events_requested"]: r for r in results
+              if r.get("workers", 0) == 0 and r.get("threads", "1") == "1" and r["complete"]}
     clusters = [r for r in results if r.get("workers", 0) >= 2 and r["complete"] and r["events_requested"] in single
                 and code_of(r) == code_of(single[r["events_requested"]])]
     if not clusters:
@@ -437,8 +452,8 @@ def render(results: list[dict[str, Any]], command: str, project_events: int = PR
         lines += _render_projection(projection(results), single[-1].get("memory_gb", _memory_gb()))
     pair = cluster_pair(results)
     lines += (_render_cluster_projection(cluster_projection(*pair, events=project_events)) if pair else [
-        "**Projection to a cluster**: needs a complete one-process run and a complete run on 2 or more workers at",
-        f"the same size (`{CLUSTER_COMMAND}`)."])
+        "**Projection to a cluster**: needs a complete one-process run on one thread and a complete run on 2 or",
+        f"more workers of the same code at the same size (`{ONE_THREAD_COMMAND}` and `{CLUSTER_COMMAND}`)."])
     return "\n".join(lines)
 
 
@@ -554,7 +569,8 @@ def _render_cluster_projection(p: dict[str, Any]) -> list[str]:
     lines = [
         f"**Projection to {_millions(p['events'])} events on M machines** of this machine's size ({cores} cores each, "
         f"so M x {cores} Dask",
-        f"workers), from the {_millions(p['measured_size'])} runs in one process and on {n} workers. Per stage, "
+        f"workers), from the {_millions(p['measured_size'])} runs in one process on one thread "
+        f"(`SHOPREC_THREADS=1`) and on {n} workers. Per stage, "
         "Amdahl `T(w) = s + p / w` solved",
         f"from the two measured times: `p = (T1 - T{n}) * {n} / {n - 1}`, `s = T1 - p`, both clipped to [0, T1]. "
         "Both grow",
@@ -647,13 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         result = run_benchmark(args.events, args.out, args.params, args.workers)
         result["parent_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        stored[result_key(args.events, args.workers)] = result
+        stored[result_key(args.events, args.workers, held_to_one_thread(result))] = result
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(stored, indent=2) + "\n")
         print(f"total {result['total_seconds']} s, max peak RSS {result['max_peak_rss_mb']} MB, "
               f"complete={result['complete']}")
     command = ("make bench-scale EVENTS=N   # = .venv/bin/python -m benchmarks.scale --events N "
-               f"--out outputs/bench-scale-N\n{CLUSTER_COMMAND}   # the same size on 2 local Dask workers")
+               f"--out outputs/bench-scale-N\n{CLUSTER_COMMAND}   # the same size on 2 local Dask workers\n"
+               f"{ONE_THREAD_COMMAND}   # and in one process on one thread: the pair the cluster projection needs")
     update_doc(args.doc, render(list(stored.values()), command, args.project_events))
     return 0
 

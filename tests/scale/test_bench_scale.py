@@ -137,6 +137,20 @@ def test_cluster_pair_takes_the_largest_size_measured_both_ways() -> None:
     assert bench_scale.cluster_pair([one, lone, fake_result(8_000_000, workers=1)]) is None  # 1 worker solves nothing
 
 
+def test_amdahls_one_core_time_comes_from_a_one_thread_run_not_from_threads_on_every_core() -> None:
+    one, cluster = fake_pair(8_000_000)
+    threaded = one | {"threads": "2"}  # parts on both cores in threads: not T(1)
+    one_thread = one | {"threads": "1"}
+    assert bench_scale.cluster_pair([threaded, cluster]) is None
+    pair = bench_scale.cluster_pair([threaded, one_thread, cluster])
+    assert pair is not None and pair[0] is one_thread and pair[1] is cluster
+    assert bench_scale.one_process([threaded, one_thread, cluster]) == [threaded]  # tables: the machine's time
+    assert bench_scale.held_to_one_thread(one_thread) and not bench_scale.held_to_one_thread(threaded)
+    assert bench_scale.result_key(8_000_000, 0, one_thread=True) == "8000000@1thread"
+    text = bench_scale.render([threaded, cluster], "cmd")
+    assert "needs a complete one-process run on one thread" in text and bench_scale.ONE_THREAD_COMMAND in text
+
+
 def test_one_machine_projection_uses_only_the_one_process_runs() -> None:
     results = [fake_result(n) for n in (1_000_000, 3_000_000)]
     p = bench_scale.projection(results, events=100_000_000)
