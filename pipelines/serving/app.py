@@ -26,11 +26,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from pipelines.core.errors import ShoprecError
-from pipelines.experiments.arms import Arm
 from pipelines.serving.impressions import ImpressionBacklog
+from pipelines.serving.lists import ranked, recommendations_body, shopper_list, similar_list
 from pipelines.serving.live import session_shopper, shopper_of, user_shopper
-from pipelines.serving.middleware import BodyLimit, CachedFastPath
-from pipelines.serving.model import Recommendation, ServingModel, UnknownCategory, UnknownItem
+from pipelines.serving.middleware import BodyLimit, ListFastPath
+from pipelines.serving.model import ServingModel, UnknownCategory, UnknownItem
 from pipelines.serving.schemas import (
     JSON,
     CatalogueAck,
@@ -47,11 +47,10 @@ from pipelines.serving.schemas import (
     ReloadOut,
     SessionRequest,
     SimilarOut,
-    encode,
     error_responses,
 )
 from pipelines.serving.settings import Settings
-from pipelines.serving.state import ServingState, list_key, similar_key
+from pipelines.serving.state import ServingState
 
 BEARER = HTTPBearer(auto_error=False, description="SHOPREC_ADMIN_TOKEN")
 
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None, model: ServingModel | None = No
                               "See docs/serving.md.")
     app.state.serving = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(CachedFastPath, state=state)
+    app.add_middleware(ListFastPath, state=state)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(UnknownCategory, _not_found)
     app.add_exception_handler(UnknownItem, _not_found)
@@ -115,37 +114,8 @@ def _ops(app: FastAPI, state: ServingState) -> None:
                                    "experiment": state.experiment_status()}
 
 
-async def _recommend(model: ServingModel, scoring: bool, *args: Any) -> list[Recommendation]:
-    """Lists that run a model go to the thread pool; store and fallback lists are answered in the event loop."""
-    return await run_in_threadpool(model.recommend, *args) if scoring else model.recommend(*args)
-
-
-def _recommendations_body(model: ServingModel, arm: Arm, user_id: str | None, session_id: str | None, known: bool,
-                          recs: list[Recommendation]) -> bytes:
-    return encode({"user_id": user_id, "session_id": session_id, "known_user": known, "model_version": model.version,
-                   "arm": arm, "items": recs})
-
-
-async def _shopper_list(state: ServingState, shopper: str, user_id: str | None, session_id: str | None, k: int,
-                        exclude_seen: bool, category: str | None) -> tuple[bytes, Arm]:
-    """A shopper's cached list, or one ranked by their arm's model from its history of them plus their live
-    events; with the arm."""
-    model, arm = state.model_for(shopper)
-    key = list_key(model, shopper, k, exclude_seen, category, arm)
-    body = await state.cache.get(key)
-    if body is None:
-        live = await state.live.recent(shopper)
-        events = model.unseen(live.events)
-        scoring = model.needs_scoring(user_id, events, exclude_seen)
-        recs = await _recommend(model, scoring, user_id, k, exclude_seen, category, events)
-        known = user_id is not None and model.known_user(user_id)
-        body = _recommendations_body(model, arm, user_id, session_id, known, recs)
-        await state.cache_unless_changed(key, body, shopper, live)
-    return body, arm
-
-
 def _recommendations(app: FastAPI, state: ServingState) -> None:
-    """User, session and similar-item lists; GET answers are cached (see ``CachedFastPath``) until the shopper's
+    """User, session and similar-item lists; GET answers are cached (see ``ListFastPath``) until the shopper's
     next event."""
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut,
@@ -154,7 +124,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
                                    category: CategoryParam = None) -> Response:
         """Top-k for a user from their history and the events posted since training; unknown users without
         posted events get category then global popularity (``known_user`` false)."""
-        body, arm = await _shopper_list(state, user_shopper(user_id), user_id, None, k, exclude_seen, category)
+        body, arm = await shopper_list(state, user_shopper(user_id), user_id, None, k, exclude_seen, category)
         return Response(await state.served(body, "user", arm), media_type=JSON)
 
     @app.get("/v1/sessions/{session_id}/recommendations", response_model=RecommendationsOut,
@@ -162,7 +132,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
     async def anonymous_recommendations(session_id: PathId, k: K = 20, exclude_seen: bool = True,
                                         category: CategoryParam = None) -> Response:
         """Top-k for an anonymous shopper from the events posted with this ``session_id``."""
-        body, arm = await _shopper_list(state, session_shopper(session_id), None, session_id, k, exclude_seen,
+        body, arm = await shopper_list(state, session_shopper(session_id), None, session_id, k, exclude_seen,
                                         category)
         return Response(await state.served(body, "session", arm), media_type=JSON)
 
@@ -176,10 +146,10 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
         posted = model.unseen((await state.live.recent(shopper)).events) if shopper is not None else []
         events = [*posted, *(e.model_dump() for e in request.recent_events)]
         scoring = model.needs_scoring(request.user_id, events, request.exclude_seen)
-        recs = await _recommend(model, scoring, request.user_id, request.k, request.exclude_seen, request.category,
+        recs = await ranked(model, scoring, request.user_id, request.k, request.exclude_seen, request.category,
                                 events)
         known = request.user_id is not None and model.known_user(request.user_id)
-        body = _recommendations_body(model, arm, request.user_id, request.session_id, known, recs)
+        body = recommendations_body(model, arm, request.user_id, request.session_id, known, recs)
         surface = "session" if request.user_id is None else "user"
         return Response(await state.served(body, surface, arm), media_type=JSON)
 
@@ -187,14 +157,7 @@ def _recommendations(app: FastAPI, state: ServingState) -> None:
              tags=["recommendations"])
     async def similar_items(item_id: PathId, k: K = 20) -> Response:
         """Items related to one item (404 if the model does not know it), filled from its category's bestsellers."""
-        model = state.current()
-        key = similar_key(model, item_id, k)
-        body = await state.cache.get(key)
-        if body is None:
-            body = encode({"item_id": item_id, "model_version": model.version,
-                           "items": model.similar(item_id, k)})
-            await state.cache.set(key, body)
-        return Response(await state.served(body, "similar"), media_type=JSON)
+        return Response(await state.served(await similar_list(state, item_id, k), "similar"), media_type=JSON)
 
 
 def require_admin(request: Request,

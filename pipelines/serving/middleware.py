@@ -1,4 +1,4 @@
-"""The two ASGI middlewares in front of FastAPI: cached GET bodies answered before routing, and the body limit."""
+"""The two ASGI middlewares in front of FastAPI: list GETs answered before routing, and the body limit."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pipelines.experiments.arms import Arm
-from pipelines.serving.cache import CacheKey
-from pipelines.serving.impressions import ImpressionBacklog
+from fastapi import HTTPException
+from pydantic import TypeAdapter, ValidationError
+
+from pipelines.core.errors import ShoprecError
+from pipelines.serving.lists import shopper_list, similar_list
 from pipelines.serving.live import session_shopper, user_shopper
-from pipelines.serving.schemas import JSON, encode
-from pipelines.serving.state import ServingState, list_key, similar_key
+from pipelines.serving.schemas import JSON, CategoryParam, K, PathId, encode
+from pipelines.serving.state import ServingState
 
 USERS_PREFIX, SESSIONS_PREFIX, USERS_SUFFIX = "/v1/users/", "/v1/sessions/", "/recommendations"
 ITEMS_PREFIX, ITEMS_SUFFIX = "/v1/items/", "/similar"
@@ -24,68 +26,73 @@ async def _send_json(send: Callable[..., Any], status: int, body: bytes) -> None
     await send({"type": "http.response.body", "body": body})
 
 
-def _surface(path: str) -> str:
-    """Which kind of list a route serves, as impressions record it."""
-    if path.startswith(ITEMS_PREFIX):
-        return "similar"
-    return "session" if path.startswith(SESSIONS_PREFIX) else "user"
+class ListFastPath:
+    """ASGI middleware: a canonical, valid GET of a list is answered before FastAPI's routing and parameter handling.
 
-
-class CachedFastPath:
-    """ASGI middleware: a GET whose response body is cached is answered before routing and parameter parsing.
-
-    FastAPI's per-request parameter handling costs more than the rest of a cached answer. Only canonical requests
-    are looked up (``k`` in digits, ``exclude_seen`` true or false, each parameter at most once); a hit means the
-    endpoint validated exactly these parameters when it stored the body. A hit is served as a miss is: under a new
-    request id, logged as impressions first. Everything else, and every miss, goes
-    through FastAPI unchanged.
+    That handling costs more than the rest of a cached answer and about as much as ranking a precomputed list. A
+    request qualifies when each parameter appears at most once, ``k`` is digits, ``exclude_seen`` is true or false,
+    and the path id, ``k`` and category pass the routes' own parameter types (``schemas.PathId``, ``K``,
+    ``CategoryParam``). It is then served by the routes' own functions (``lists``): the same body, under a new
+    request id, logged as impressions first. Anything else, and any request whose list raises (unknown category or
+    item, impression backlog), goes through FastAPI, which answers it as the API documents.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], state: ServingState):
         self.app, self.state = app, state
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            key, arm = self._key(scope["path"], scope["query_string"])
-            body = await self.state.cache.get(key) if key is not None else None
-            if body is not None:
+        if scope["type"] == "http" and scope["method"] == "GET" and self.state.model is not None:
+            request = _list_request(scope["path"], scope["query_string"])
+            if request is not None:
                 try:
-                    body = await self.state.served(body, _surface(scope["path"]), arm)
-                except ImpressionBacklog as exc:
-                    await _send_json(send, 503, encode({"detail": str(exc)}))
+                    body = await self._served(*request)
+                except (ShoprecError, HTTPException):
+                    pass  # FastAPI's exception handlers answer it
+                else:
+                    await _send_json(send, 200, body)
                     return
-                await _send_json(send, 200, body)
-                return
         await self.app(scope, receive, send)
 
-    def _key(self, path: str, query_string: bytes) -> tuple[CacheKey | None, Arm]:
-        """The cache key of a canonical list request and the arm its shopper is in (no key: not canonical)."""
-        if self.state.model is None:
-            return None, "champion"
-        routes = ((USERS_PREFIX, USERS_SUFFIX), (SESSIONS_PREFIX, USERS_SUFFIX), (ITEMS_PREFIX, ITEMS_SUFFIX))
-        for prefix, suffix in routes:
-            if path.startswith(prefix) and path.endswith(suffix):
-                ident = path[len(prefix): -len(suffix)]
-                break
-        else:
-            return None, "champion"
-        params: dict[str, str] = {}
-        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            if name in params:
-                return None, "champion"
-            params[name] = value
-        k = params.get("k", "20")
-        if not ident or "/" in ident or not (k.isascii() and k.isdigit()):
-            return None, "champion"
+    async def _served(self, prefix: str, ident: str, k: int, exclude_seen: bool, category: str | None) -> bytes:
         if prefix == ITEMS_PREFIX:
-            return similar_key(self.state.current(), ident, int(k)), "champion"
-        exclude = {"true": True, "false": False}.get(params.get("exclude_seen", "true"))
-        category = params.get("category")
-        if exclude is None or category == "":
-            return None, "champion"
-        shopper = user_shopper(ident) if prefix == USERS_PREFIX else session_shopper(ident)
-        model, arm = self.state.model_for(shopper)
-        return list_key(model, shopper, int(k), exclude, category, arm), arm
+            return await self.state.served(await similar_list(self.state, ident, k), "similar")
+        if prefix == USERS_PREFIX:
+            body, arm = await shopper_list(self.state, user_shopper(ident), ident, None, k, exclude_seen, category)
+            return await self.state.served(body, "user", arm)
+        body, arm = await shopper_list(self.state, session_shopper(ident), None, ident, k, exclude_seen, category)
+        return await self.state.served(body, "session", arm)
+
+
+_VALID_ID, _VALID_K, _VALID_CATEGORY = TypeAdapter(PathId), TypeAdapter(K), TypeAdapter(CategoryParam)
+_ROUTES = ((USERS_PREFIX, USERS_SUFFIX), (SESSIONS_PREFIX, USERS_SUFFIX), (ITEMS_PREFIX, ITEMS_SUFFIX))
+
+
+def _list_request(path: str, query_string: bytes) -> tuple[str, str, int, bool, str | None] | None:
+    """(route prefix, path id, k, exclude_seen, category) of a canonical, valid list request; None otherwise."""
+    for prefix, suffix in _ROUTES:
+        if path.startswith(prefix) and path.endswith(suffix):
+            ident = path[len(prefix): -len(suffix)]
+            break
+    else:
+        return None
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in params:
+            return None
+        params[name] = value
+    k, exclude = params.get("k", "20"), {"true": True, "false": False}.get(params.get("exclude_seen", "true"))
+    category = params.get("category")
+    if "/" in ident or not (k.isascii() and k.isdigit()) or exclude is None:
+        return None
+    if prefix == ITEMS_PREFIX and (len(params.keys() - {"k"}) or "exclude_seen" in params):
+        return None  # the similar-items route takes k only
+    try:
+        _VALID_ID.validate_python(ident)
+        _VALID_K.validate_python(int(k))
+        _VALID_CATEGORY.validate_python(category)
+    except ValidationError:
+        return None
+    return prefix, ident, int(k), exclude, category
 
 
 class BodyLimit:

@@ -126,6 +126,39 @@ def test_cached_answers_match_the_endpoint_for_every_spelling(client: TestClient
     assert stats["hits"] >= 2
 
 
+def test_canonical_lists_skip_fastapi_and_equal_its_answers(served: ServingModel, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """A canonical, valid list GET is ranked by the fast path in front of FastAPI; another spelling of the same
+    request, routed by FastAPI on an app with its own (empty) cache, gets the same list, and errors stay FastAPI's."""
+    from fastapi.routing import APIRouter
+
+    routed = []
+    route = APIRouter.__call__
+    monkeypatch.setattr(APIRouter, "__call__", lambda self, *a: routed.append(1) or route(self, *a))
+    user, item = known_user(served), str(served.item_ids[0])
+    category = str(served.categories[0])
+    requests = [(f"/v1/users/{user}/recommendations?k=7", "&exclude_seen=True"),
+                (f"/v1/users/{user}/recommendations?k=30&exclude_seen=false", "&unused=1&unused=2"),
+                (f"/v1/users/{user}/recommendations?category={category}", "&exclude_seen=yes"),
+                ("/v1/users/never-seen/recommendations?k=5", "&exclude_seen=1"),
+                ("/v1/sessions/s-1/recommendations?k=3", "&exclude_seen=on"),
+                (f"/v1/items/{item}/similar?k=4", "&unused=1")]
+    with (TestClient(create_app(settings(tmp_path / "a"), served)) as fast,
+          TestClient(create_app(settings(tmp_path / "b"), served)) as routed_app):
+        for canonical, respelled in requests:
+            routed.clear()
+            quick = fast.get(canonical)
+            assert quick.status_code == 200 and not routed, canonical
+            slow = routed_app.get(canonical + respelled)
+            assert slow.status_code == 200 and routed, canonical
+            assert unstamped(quick.content) == unstamped(slow.content), canonical
+        for path, status in ((f"/v1/users/{user}/recommendations?category=no-such-category", 404),
+                             ("/v1/items/no-such-item/similar", 404), (f"/v1/users/{user}/recommendations?k=0", 422)):
+            routed.clear()
+            response = fast.get(path)
+            assert response.status_code == status and routed and response.json()["detail"], path
+
+
 def test_events_need_the_token(served: ServingModel, client: TestClient, tmp_path: Path):
     body = {"events": [EVENT]}
     assert client.post("/v1/events", json=body).status_code == 401
