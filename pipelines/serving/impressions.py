@@ -98,7 +98,8 @@ class ImpressionLog:
         self.directory = Path(directory) / "impressions"
         self.max_pending = max_pending
         self._pending: list[tuple[list[tuple[Any, ...]], Waiter]] = []
-        self._pending_rows = 0
+        self._pending_rows = 0  # queued and staged rows: what max_pending bounds
+        self._staged: dict[asyncio.AbstractEventLoop, list[tuple[tuple[Any, ...], asyncio.Future[None]]]] = {}
         self._lock = threading.Condition()
         self._closed = False
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
@@ -108,10 +109,31 @@ class ImpressionLog:
 
     async def log(self, request_id: str, body: bytes, surface: str, arm: str = "champion") -> None:
         """Log the list in ``body`` (a recommendations or similar-items response) as ``request_id``; returns once
-        it is on disk."""
-        done = asyncio.get_running_loop().create_future()
-        self._queue([(request_id, time.time_ns() // 1000, surface, arm, body)], done)
+        it is on disk.
+
+        The row is staged in the event loop and handed to the writer by one callback after the loop's current
+        step, together with the rows of every other request that step served: waking the writer per request made
+        commits of ~2 lists under load, and their fixed cost (batch, fsync, thread wake-ups) ~0.4 ms of CPU a
+        list. Alone, a request is handed over at once (no added wait).
+        """
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        with self._lock:
+            if self._pending_rows + 1 > self.max_pending:
+                raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
+            self._pending_rows += 1  # counted now, so the bound holds for staged rows too
+        staged = self._staged.setdefault(loop, [])
+        staged.append(((request_id, time.time_ns() // 1000, surface, arm, body), done))
+        if len(staged) == 1:
+            loop.call_soon(self._hand_over, loop)
         await done
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue every row the loop staged since the last hand-over for the next group commit."""
+        staged = self._staged.pop(loop, [])
+        with self._lock:
+            self._pending.extend(([row], done) for row, done in staged)
+            self._start_writer()
 
     def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
         """Queue ``rows`` for the next group commit; the future completes once they are fsynced."""
@@ -125,10 +147,14 @@ class ImpressionLog:
                 raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
             self._pending.append((rows, done))
             self._pending_rows += len(rows)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
-                self._thread.start()
-            self._lock.notify()
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Wake the writer thread, starting it on first use (called holding the lock)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+            self._thread.start()
+        self._lock.notify()
 
     def close(self) -> None:
         """Write what is pending, close the segment and stop the writer (the next ``submit`` starts a new one)."""
@@ -146,7 +172,8 @@ class ImpressionLog:
             with self._lock:
                 while not self._pending and not self._closed:
                     self._lock.wait()
-                batch, self._pending, self._pending_rows = self._pending, [], 0
+                batch, self._pending = self._pending, []
+                self._pending_rows -= sum(len(rows) for rows, _ in batch)
                 closed = self._closed
             if batch:
                 self._commit(batch)

@@ -59,7 +59,7 @@ def lists_frame(model: ServingModel, users: np.ndarray, lists: Ranked) -> pd.Dat
         "item_id": model.item_ids[items].astype(str),
         "score": lists.scores[row, col],
         "source": names,
-        "reason": [model.reason(n, int(r), int(i), False) for n, r, i in zip(names, related, items, strict=True)],
+        "reason": model.reasons(sources.tolist(), related.tolist(), items.tolist(), similar=False),
         "related_item_id": np.where(related >= 0, model.item_ids[np.maximum(related, 0)], None),
     })
 

@@ -3,6 +3,7 @@ session and similar-item lists; a crashed writer's torn batch is never read; the
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,35 @@ def test_the_backlog_is_bounded(tmp_path: Path):
             log.submit([("r", 0, "user", "champion", b"{}")] * 10)
         log._pending_rows = 0
     log.close()
+
+
+def _body(n: int) -> bytes:
+    return b'{"user_id":"u%d","model_version":"1","items":[{"item_id":"i%d","rank":1}]}' % (n, n)
+
+
+def test_lists_served_in_one_loop_step_share_one_commit(tmp_path: Path):
+    log = ImpressionLog(tmp_path)
+    commits = []
+    commit = log._commit
+    log._commit = lambda batch: (commits.append(len(batch)), commit(batch))
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(log.log(f"r{n}", _body(n), "user") for n in range(40)))
+        await log.log("alone", _body(99), "user")  # a later list, on its own: handed over without waiting
+
+    asyncio.run(serve_all())
+    log.close()
+    assert commits == [40, 1]
+    assert [r["request_id"] for r in read_impressions(tmp_path).to_pylist()] == [f"r{n}" for n in range(40)] + ["alone"]
+
+
+def test_staged_lists_count_towards_the_backlog(tmp_path: Path):
+    log = ImpressionLog(tmp_path, max_pending=5)
+
+    async def over_the_bound() -> list[BaseException | None]:
+        return await asyncio.gather(*(log.log(f"r{n}", _body(n), "user") for n in range(8)), return_exceptions=True)
+
+    results = asyncio.run(over_the_bound())
+    log.close()
+    assert results[:5] == [None] * 5 and all(isinstance(r, ImpressionBacklog) for r in results[5:])
+    assert len(read_impressions(tmp_path)) == 5 and log._pending_rows == 0

@@ -227,3 +227,19 @@ def test_describe_names_version_and_model(served: ServingModel):
     assert info["version"] == "7" and info["model"] == "two_stage" and info["ranker"] == "lightgbm"
     assert info["sources"] == ["covisit", "transitions", "popularity", "category_popularity"]
     assert info["trained_at"] == served.meta["trained_at"] and info["users"] == served.history_.n_users
+
+
+def test_category_fallback_reads_the_heads_then_continues_in_the_same_order(served: ServingModel):
+    """Of a shopper's categories only the heads are merged first; if a list needs more (rules blocked them), the
+    rest follows: together the order a ranking of every item of those categories gives."""
+    user = served._user_code(active_user(served))
+    items, events = served._user_events(user)
+    affinity = np.bincount(served.item_category[items], minlength=len(served.categories),
+                           weights=served._event_weight[events])
+    every = np.concatenate([served._category_order(c) for c in np.flatnonzero(affinity > 0)])
+    scores = affinity[served.item_category[every]] * served.category_share[every]
+    order = np.lexsort((every, -scores))
+    order = order[scores[order] > 0]
+    parts = list(served._fill_parts(items, events, None, width=7))
+    assert [len(p.items) for p in parts[:1]] == [7] and len(parts) == 3  # head, rest, global popularity
+    assert np.concatenate([p.items for p in parts[:2]]).tolist() == every[order].tolist()
