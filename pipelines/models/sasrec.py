@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -162,8 +163,12 @@ class _Network:
         logits = tf.tensor_scatter_nd_update(logits, at, tf.fill(tf.shape(seen_rows), float("-inf")))
         return tf.math.top_k(logits, k)
 
-    def train_step(self, kind: str, lr: float, log_q: np.ndarray | None, per_batch: float) -> Any:
+    def train_step(
+        self, kind: str, lr: float, log_q: np.ndarray | None, per_batch: float, matmul_dtype: str = "float32"
+    ) -> Any:
         """A compiled step(inputs, targets, negatives) -> summed loss; builds Adam eagerly.
+
+        ``matmul_dtype`` is the input type of the full softmax's catalogue-wide matmuls (see ``_full_softmax``).
 
         The summed loss is divided by ``per_batch``, the mean number of target positions in a batch, not by
         the positions of this batch: length-bucketed batches differ a lot in size, and a per-batch mean would
@@ -183,7 +188,7 @@ class _Network:
             y = tf.boolean_mask(targets, real) - 1
             table = self.item_table()
             if kind == "softmax":
-                return _full_softmax(h, y, table)
+                return _full_softmax(h, y, table, matmul_dtype)
             return _sampled_softmax(h, y, table, negatives, log_q_t)
 
         @tf.function(
@@ -200,35 +205,50 @@ class _Network:
         return step
 
 
-def _full_softmax(h: tf.Tensor, y: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
+def _full_softmax(h: tf.Tensor, y: tf.Tensor, table: tf.Tensor, matmul_dtype: str = "float32") -> tf.Tensor:
     """Summed cross-entropy of a softmax over the whole catalogue, with a hand-written gradient.
 
-    The catalogue-wide logits are most of a training step. Deriving the gradient by hand (softmax @ table
-    minus the target rows) reuses the forward exp and never builds a dense one-hot or a scattered copy of the
-    logits: about 1.6x faster than ``sparse_softmax_cross_entropy_with_logits`` with autodiff on CPU.
+    The catalogue-wide logits are most of a training step: three (positions x catalogue) matmuls and the passes
+    over the logits. Deriving the gradient by hand (softmax @ table minus the target rows, times the scalar
+    upstream gradient) reuses the forward probabilities, and the fused ``tf.nn.softmax`` makes one pass where a
+    hand-written max / exp / sum made four: with float32 matmuls ~1.6x faster than the former hand-written
+    exp (itself 1.6x faster than ``sparse_softmax_cross_entropy_with_logits`` with autodiff on CPU), measured
+    on Beauty-sized steps (730 positions x 12k items). ``matmul_dtype="bfloat16"`` feeds the three matmuls
+    bfloat16 (softmax and sums stay float32): another ~2.5x on CPUs with AMX / AVX512-BF16, at ~4e-4 relative
+    error in the gradients.
     """
     tf = tensorflow()
 
+    def matmul(a: tf.Tensor, b: tf.Tensor, **transpose: bool) -> tf.Tensor:
+        if matmul_dtype == "float32":
+            return tf.matmul(a, b, **transpose)
+        return tf.cast(tf.matmul(tf.cast(a, matmul_dtype), tf.cast(b, matmul_dtype), **transpose), "float32")
+
     @tf.custom_gradient
     def loss(h: tf.Tensor, table: tf.Tensor) -> tuple[tf.Tensor, Any]:
-        logits = tf.matmul(h, table, transpose_b=True)
-        top = tf.reduce_max(logits, axis=1, keepdims=True)
-        exp = tf.exp(logits - top)
-        total = tf.reduce_sum(exp, axis=1, keepdims=True)
-        target_rows = tf.gather(table, y)
-        value = tf.reduce_sum(tf.math.log(total[:, 0]) + top[:, 0] - tf.reduce_sum(h * target_rows, axis=1))
+        probs = tf.nn.softmax(matmul(h, table, transpose_b=True))
+        target_prob = tf.gather(probs, y, batch_dims=1)
+        value = -tf.reduce_sum(tf.math.log(tf.maximum(target_prob, np.finfo(np.float32).tiny)))
 
         def grad(upstream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            probs = exp * (upstream / total)
-            d_h = tf.matmul(probs, table) - upstream * target_rows
-            d_table = tf.matmul(probs, h, transpose_a=True) - tf.math.unsorted_segment_sum(
-                upstream * h, y, tf.shape(table)[0]
-            )
-            return d_h, d_table
+            d_h = matmul(probs, table) - tf.gather(table, y)
+            d_table = matmul(probs, h, transpose_a=True) - tf.math.unsorted_segment_sum(h, y, tf.shape(table)[0])
+            return upstream * d_h, upstream * d_table
 
         return value, grad
 
     return loss(h, table)
+
+
+def softmax_matmul_dtype(setting: str) -> str:
+    """``"auto"``: bfloat16 where the CPU multiplies it natively (AMX or AVX512-BF16 on Linux), else float32."""
+    if setting != "auto":
+        return setting
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
 def _sampled_softmax(h: tf.Tensor, y: tf.Tensor, table: tf.Tensor, negatives: tf.Tensor, log_q: tf.Tensor) -> tf.Tensor:
@@ -327,7 +347,8 @@ class SASRec(VectorRecommender):
         kind = p.loss_for(history.n_items)
         sampler = NegativeSampler(targets, history.n_items, rng) if kind == "sampled" else None
         per_batch = p.batch_size * (targets != PAD).sum() / len(targets)
-        step = self._net.train_step(kind, p.lr, sampler.log_q if sampler else None, float(per_batch))
+        step = self._net.train_step(kind, p.lr, sampler.log_q if sampler else None, float(per_batch),
+                                    softmax_matmul_dtype(p.softmax_dtype))
         log.info("sasrec: %d sequences, %d items, %s loss", len(inputs), history.n_items, kind)
         self.history_, best_ndcg, best_weights = [], -1.0, None
         stopped_by: StoppedBy = "max_epochs"

@@ -163,7 +163,8 @@ def test_test_targets_change_nothing_the_model_sees(fitted: SASRec, monkeypatch:
     np.testing.assert_allclose(again.score(np.arange(N_USERS)), fitted.score(np.arange(N_USERS)), atol=1e-4)
 
 
-def test_hand_written_softmax_gradient_matches_autodiff():
+@pytest.mark.parametrize(("matmul_dtype", "rtol", "atol"), [("float32", 1e-4, 1e-6), ("bfloat16", 2e-2, 2e-2)])
+def test_hand_written_softmax_gradient_matches_autodiff(matmul_dtype: str, rtol: float, atol: float):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -175,13 +176,13 @@ def test_hand_written_softmax_gradient_matches_autodiff():
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
 
     results = []
-    for loss in (lambda: _full_softmax(h, y, table) / 40, reference):
+    for loss in (lambda: _full_softmax(h, y, table, matmul_dtype) / 40, reference):
         with tf.GradientTape() as tape:
             tape.watch([h, table])
             value = 3.0 * loss()
         results.append([value.numpy(), *(g.numpy() for g in tape.gradient(value, [h, table]))])
     for ours, expected in zip(*results, strict=True):
-        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ours, expected, rtol=rtol, atol=atol)
 
 
 def test_loss_choice_follows_catalogue_size():
