@@ -105,9 +105,11 @@ class SASRecParams(_Hyper):
     # items that is at most ~0.5 GB with its gradient. Larger catalogues switch to the sampled softmax.
     full_softmax_max_items: int = Field(20_000, ge=1)
     # input type of the full softmax's three catalogue-wide matmuls (softmax and sums stay float32); auto: bfloat16
-    # where the CPU has AMX / AVX512-BF16, else float32. On Beauty (AMX CPU, loaded 2-core machine) the epoch went
-    # from ~17.5 s to ~11 s with the fused softmax and bfloat16; best validation NDCG@10 0.0726 vs 0.0713 (epoch 20)
-    softmax_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # where the CPU has AMX / AVX512-BF16, else float32. float32 by default: on Beauty bfloat16 was ~10 % faster an
+    # epoch than float32 with the fused softmax (6.35 vs 7.08 s, AMX CPU) but the process grew with the epochs (8
+    # epochs: 2.50 GB RSS against 1.42 GB; the full benchmark peaked at 5.3 GB against 3.9 GB before), and
+    # neither oneDNN's primitive cache nor malloc's mmap threshold changed that
+    softmax_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     # safety cap: no epoch starts that would end past it (the first always runs); recorded when it stops a fit
     time_budget_s: float | None = Field(720.0, ge=0)
     # from this many items top lists come from an approximate index of the item vectors (pipelines/models/retrieval.py)
