@@ -46,7 +46,7 @@ REASONS = {
 SIMILAR_REASONS = {"covisit": "often viewed together with {}", "itemcos": "liked by the same shoppers as {}",
                    "transitions": "often viewed next after {}"}  # other item-to-item sources: "related to {}"
 EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
-_BY_CATEGORY = "{category}"  # reason-table marker: the text names the item's category
+_FIXED, _BY_RELATED, _BY_CATEGORY = range(3)  # reason-table kinds: a fixed text, naming the related item, the category
 
 
 class UnknownItem(ShoprecError):
@@ -598,30 +598,30 @@ class ServingModel:
         table, ids = self._reason_table[similar], self.item_ids
         out = []
         for src, rel, item in zip(sources, related, items, strict=True):
-            template, otherwise = table[src]
-            if template is None:
+            kind, template, otherwise = table[src]
+            if kind == _FIXED:
                 out.append(otherwise)
-            elif template is _BY_CATEGORY:
+            elif kind == _BY_CATEGORY:
                 cat = self.item_category[item]
                 out.append(f"popular in category {self.categories[cat]}" if cat >= 0 else otherwise)
             else:
                 out.append(template.format(ids[rel]) if rel >= 0 else otherwise)
         return out
 
-    def _reasons_by_source(self, similar: bool) -> list[tuple[str | None, str]]:
-        """Per source index: (template taking the related item's id, or None for a fixed text; the fixed text or
-        the one without a related item)."""
-        table: list[tuple[str | None, str]] = []
+    def _reasons_by_source(self, similar: bool) -> list[tuple[int, str, str]]:
+        """Per source index: (kind, template taking the related item's id, the text without a related item or
+        the fixed text)."""
+        table: list[tuple[int, str, str]] = []
         for source in self.source_names:
             if source in self.relating:
                 template = SIMILAR_REASONS.get(source, "related to {}") if similar else "because you viewed {}"
-                table.append((template, "related to what you viewed"))
+                table.append((_BY_RELATED, template, "related to what you viewed"))
             elif source == NEW_ITEMS:
-                table.append(("new: similar to {}", "new in the shop"))
+                table.append((_BY_RELATED, "new: similar to {}", "new in the shop"))
             elif source == CONTENT:
-                table.append(("similar to {}", "similar to what you viewed"))
+                table.append((_BY_RELATED, "similar to {}", "similar to what you viewed"))
             elif source == FILL_CATEGORY:
-                table.append((_BY_CATEGORY, "popular in your categories"))
+                table.append((_BY_CATEGORY, "", "popular in your categories"))
             else:
-                table.append((None, REASONS.get(source, "recommended for you")))
+                table.append((_FIXED, "", REASONS.get(source, "recommended for you")))
         return table

@@ -243,3 +243,17 @@ def test_category_fallback_reads_the_heads_then_continues_in_the_same_order(serv
     parts = list(served._fill_parts(items, events, None, width=7))
     assert [len(p.items) for p in parts[:1]] == [7] and len(parts) == 3  # head, rest, global popularity
     assert np.concatenate([p.items for p in parts[:2]]).tolist() == every[order].tolist()
+
+
+def test_a_pickled_model_explains_its_lists_the_same(served: ServingModel):
+    """Workers receive the model pickled (batch lists on Dask): its reasons, category texts included, are the same."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(served))
+    category = str(served.categories[0])
+    for model in (served, again):
+        assert model.recommend("never-seen", k=10, category=category)[0].reason == f"popular in category {category}"
+    item = str(served.item_ids[served.pop_order[0]])
+    assert again.similar(item, k=100) == served.similar(item, k=100)
+    user = active_user(served)
+    assert again.recommend(user, k=200) == served.recommend(user, k=200)
