@@ -3,10 +3,10 @@
 Online experiments (issue 15) attribute clicks, carts and purchases to the lists shoppers were shown, so each
 served list is logged: request id, time, surface (user / session / similar), arm and the response body (shopper,
 model version, items and positions); ``read_impressions`` expands them to one row per item. One fsynced file per
-request would cost a file and ~1 ms of disk each, so writes are group commits: requests hand their row to one
-writer thread and wait; the writer appends everything pending as one Arrow IPC record batch to the process's open
-segment (``<dir>/impressions/segment-<ns>-<id>.arrows``), flushes and fsyncs it, then releases all of them. A
-segment is rolled after ``SEGMENT_ROWS`` lists. A crash can leave a torn last batch, which ``read_impressions``
+request would cost a file and ~1 ms of disk each, so writes are group commits: the lists of one event-loop step
+are appended as one Arrow IPC record batch to the process's open segment
+(``<dir>/impressions/segment-<ns>-<id>.arrows``) and wait; one sync thread fsyncs the segment and releases every
+list written before that fsync. A segment is rolled after ``SEGMENT_ROWS`` lists. A crash can leave a torn last batch, which ``read_impressions``
 ignores: only acknowledged (fsynced) batches are ever read. Pending lists are bounded: past ``max_pending`` the
 request fails (503) instead of memory growing.
 """
@@ -92,29 +92,37 @@ class ImpressionBacklog(ShoprecError):
 
 
 class ImpressionLog:
-    """Group-committed, fsynced impression rows; ``await log.served(body, surface, arm)`` per response."""
+    """Group-committed, fsynced impression rows; ``await log.log(request_id, body, surface, arm)`` per response.
+
+    Rows are written (to the page cache) by the thread that serves them, one record batch per event-loop step,
+    and a sync thread fsyncs the segment and releases every request written before that fsync. The sync thread
+    runs no Python while the disk works and one short step after, so it barely competes with the event loop for
+    the GIL: a writer thread that built and wrote the batches itself cost ~75 us of CPU per list at saturation,
+    most of it the two threads handing the GIL to each other.
+    """
 
     def __init__(self, directory: str | Path, max_pending: int = 10_000):
         self.directory = Path(directory) / "impressions"
         self.max_pending = max_pending
-        self._pending: list[tuple[list[tuple[Any, ...]], Waiter]] = []
-        self._pending_rows = 0  # queued and staged rows: what max_pending bounds
+        self._pending_rows = 0  # staged and written rows not yet fsynced: what max_pending bounds
         self._staged: dict[asyncio.AbstractEventLoop, list[tuple[tuple[Any, ...], asyncio.Future[None]]]] = {}
-        self._lock = threading.Condition()
+        self._unsynced: list[Waiter] = []  # written, waiting for the next fsync (in write order)
+        self._unsynced_rows = 0
+        self._io = threading.Lock()  # the open segment: writes, rolls and the fsync's file descriptor
+        self._lock = threading.Condition()  # the counters, the waiting requests and the sync thread
         self._closed = False
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._file: Any = None
         self._segment_rows = 0
-        self._thread: threading.Thread | None = None  # started by the first submit
+        self._thread: threading.Thread | None = None  # started by the first write
 
     async def log(self, request_id: str, body: bytes, surface: str, arm: str = "champion") -> None:
         """Log the list in ``body`` (a recommendations or similar-items response) as ``request_id``; returns once
         it is on disk.
 
-        The row is staged in the event loop and handed to the writer by one callback after the loop's current
-        step, together with the rows of every other request that step served: waking the writer per request made
-        commits of ~2 lists under load, and their fixed cost (batch, fsync, thread wake-ups) ~0.4 ms of CPU a
-        list. Alone, a request is handed over at once (no added wait).
+        The row is staged in the event loop and written by one callback after the loop's current step, together
+        with the rows of every other request that step served, as one record batch. Alone, a request is written
+        at once (no added wait).
         """
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -129,78 +137,89 @@ class ImpressionLog:
         await done
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Queue every row the loop staged since the last hand-over for the next group commit."""
+        """Write every row the loop staged since the last hand-over as one batch, for the next fsync."""
         staged = self._staged.pop(loop, [])
-        with self._lock:
-            self._pending.extend(([row], done) for row, done in staged)
-            self._start_writer()
+        self._write([row for row, _ in staged], [done for _, done in staged])
 
     def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
-        """Queue ``rows`` for the next group commit; the future completes once they are fsynced."""
+        """Write ``rows`` as one batch from any thread; the future completes once they are fsynced."""
         done: Future[None] = Future()
-        self._queue(rows, done)
-        return done
-
-    def _queue(self, rows: list[tuple[Any, ...]], done: Waiter) -> None:
         with self._lock:
             if self._pending_rows + len(rows) > self.max_pending:
                 raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
-            self._pending.append((rows, done))
             self._pending_rows += len(rows)
-            self._start_writer()
+        self._write(rows, [done])
+        return done
 
-    def _start_writer(self) -> None:
-        """Wake the writer thread, starting it on first use (called holding the lock)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
-            self._thread.start()
-        self._lock.notify()
+    def _write(self, rows: list[tuple[Any, ...]], waiters: list[Waiter]) -> None:
+        """One record batch of ``rows`` appended to the open segment; its ``waiters`` wait for the next fsync
+        (or fail now, with the rows uncounted, if the write fails: the next batch starts a new segment)."""
+        try:
+            columns = list(zip(*rows, strict=True)) if rows else [()] * len(LOG_SCHEMA)
+            record = pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LOG_SCHEMA,
+                                                                                         strict=True)],
+                                                schema=LOG_SCHEMA)
+            with self._io:
+                self._segment().write_batch(record)
+                self._file.flush()
+                self._segment_rows += len(rows)
+                if self._segment_rows >= SEGMENT_ROWS:
+                    self._close_segment()  # fsyncs it: what it holds is on disk
+        except Exception as exc:
+            with self._io:
+                self._close_segment_quietly()
+            with self._lock:
+                self._pending_rows -= len(rows)
+            _release(waiters, exc)
+            return
+        with self._lock:
+            self._unsynced.extend(waiters)
+            self._unsynced_rows += len(rows)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="impressions-fsync", daemon=True)
+                self._thread.start()
+            self._lock.notify()
 
     def close(self) -> None:
-        """Write what is pending, close the segment and stop the writer (the next ``submit`` starts a new one)."""
+        """Fsync what is written, close the segment and stop the sync thread (the next write starts a new one)."""
         with self._lock:
             self._closed = True
             self._lock.notify()
             thread = self._thread
         if thread is not None:
             thread.join(timeout=30)
+        with self._io:
+            self._close_segment()
         with self._lock:
             self._closed, self._thread = False, None
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._closed:
+                while not self._unsynced and not self._closed:
                     self._lock.wait()
-                batch, self._pending = self._pending, []
-                self._pending_rows -= sum(len(rows) for rows, _ in batch)
+                waiters, rows, self._unsynced, self._unsynced_rows = self._unsynced, self._unsynced_rows, [], 0
                 closed = self._closed
-            if batch:
-                self._commit(batch)
+            if waiters:
+                self._sync(waiters, rows)
             if closed:
-                self._close_segment()
                 return
 
-    def _commit(self, batch: list[tuple[list[tuple[Any, ...]], Waiter]]) -> None:
-        """One record batch of every pending request's rows, fsynced; then every waiting request is released."""
-        try:
-            rows = [row for part, _ in batch for row in part]
-            columns = list(zip(*rows, strict=True)) if rows else [()] * len(LOG_SCHEMA)
-            record = pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LOG_SCHEMA,
-                                                                                         strict=True)],
-                                                schema=LOG_SCHEMA)
-            writer = self._segment()
-            writer.write_batch(record)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._segment_rows += len(rows)
-            if self._segment_rows >= SEGMENT_ROWS:
-                self._close_segment()
-        except Exception as exc:  # the requests fail; the next batch starts a new segment
-            self._close_segment()
-            _release([done for _, done in batch], exc)
-            return
-        _release([done for _, done in batch], None)
+    def _sync(self, waiters: list[Waiter], rows: int) -> None:
+        """One fsync for every batch written so far, then their requests are released."""
+        exc: BaseException | None = None
+        with self._io:  # a duplicate descriptor: the segment may be rolled and closed during the fsync
+            fd = os.dup(self._file.fileno()) if self._file is not None else None
+        if fd is not None:  # None: the segment was rolled (and fsynced) since these rows were written
+            try:
+                os.fsync(fd)
+            except OSError as error:
+                exc = error
+            finally:
+                os.close(fd)
+        with self._lock:
+            self._pending_rows -= rows
+        _release(waiters, exc)
 
     def _segment(self) -> pa.ipc.RecordBatchStreamWriter:
         if self._writer is None:
@@ -222,6 +241,11 @@ class ImpressionLog:
             finally:
                 self._file.close()
                 self._writer, self._file = None, None
+
+    def _close_segment_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_segment()
+        self._writer, self._file = None, None
 
 
 # the fields of a logged response body that impressions keep (DuckDB's from_json structure)

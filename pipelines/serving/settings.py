@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token for reload and event ingestion")
     redis_url: str | None = Field(None, description="cache in Redis instead of in process, e.g. redis://127.0.0.1:6379/0")
     cache_size: int = Field(100_000, ge=0, description="in-process LRU entries (0 disables the cache)")
+    cache_max_mb: int = Field(256, ge=1, description="in-process LRU: at most this many MB of response bodies")
     cache_ttl_s: int = Field(600, ge=1, description="Redis entry lifetime")
     live_max_events: int = Field(50, ge=1, description="live events kept per shopper (the newest)")
     live_ttl_s: int = Field(172_800, ge=1, description="a shopper's live events are forgotten this long after "

@@ -53,7 +53,8 @@ class ServingState:
         self.model = model
         self.challenger: ServingModel | None = None  # an online experiment's other arm
         self.experiment: str | None = None  # its id, which salts the shoppers' arm hash
-        self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
+        self.cache: Cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s,
+                                       settings.cache_max_mb)
         self.events = EventLog(settings.events_path)
         self.catalogue = CatalogueLog(settings.events_path)
         self.impressions = (ImpressionLog(settings.events_path, settings.impressions_max_pending)

@@ -57,7 +57,7 @@ def test_health_ready_and_model_info(client: TestClient, served: ServingModel):
     info = client.get("/v1/model").json()
     assert info["version"] == "1" and info["model_id"] == served.model_id
     assert info["trained_at"] == served.meta["trained_at"] and info["ranker"] == "lightgbm"
-    assert info["cache"] == {"backend": "memory", "available": True, "entries": 0, "hits": 0, "misses": 0}
+    assert info["cache"] == {"backend": "memory", "available": True, "entries": 0, "bytes": 0, "hits": 0, "misses": 0}
     assert client.get("/openapi.json").json()["paths"].keys() >= {
         "/v1/users/{user_id}/recommendations", "/v1/recommendations", "/v1/items/{item_id}/similar", "/v1/events",
         "/healthz", "/readyz", "/v1/model", "/v1/admin/reload"}

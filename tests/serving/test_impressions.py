@@ -4,8 +4,10 @@ session and similar-item lists; a crashed writer's torn batch is never read; the
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -82,20 +84,48 @@ def _body(n: int) -> bytes:
     return b'{"user_id":"u%d","model_version":"1","items":[{"item_id":"i%d","rank":1}]}' % (n, n)
 
 
-def test_lists_served_in_one_loop_step_share_one_commit(tmp_path: Path):
+def test_lists_served_in_one_loop_step_share_one_batch(tmp_path: Path):
     log = ImpressionLog(tmp_path)
-    commits = []
-    commit = log._commit
-    log._commit = lambda batch: (commits.append(len(batch)), commit(batch))
+    batches = []
+    write = log._write
+    log._write = lambda rows, waiters: (batches.append(len(rows)), write(rows, waiters))
 
     async def serve_all() -> None:
         await asyncio.gather(*(log.log(f"r{n}", _body(n), "user") for n in range(40)))
-        await log.log("alone", _body(99), "user")  # a later list, on its own: handed over without waiting
+        await log.log("alone", _body(99), "user")  # a later list, on its own: written without waiting
 
     asyncio.run(serve_all())
     log.close()
-    assert commits == [40, 1]
+    assert batches == [40, 1]
     assert [r["request_id"] for r in read_impressions(tmp_path).to_pylist()] == [f"r{n}" for n in range(40)] + ["alone"]
+
+
+def test_a_request_returns_only_after_an_fsync_that_follows_its_write(tmp_path: Path, monkeypatch):
+    log = ImpressionLog(tmp_path)
+    order = []
+    real_fsync = os.fsync
+    write = log._write
+    log._write = lambda rows, waiters: (order.append(("write", len(rows))), write(rows, waiters))
+    monkeypatch.setattr(os, "fsync", lambda fd: (order.append(("fsync", 0)), real_fsync(fd)))
+
+    async def serve() -> None:
+        await log.log("r0", _body(0), "user")
+        order.append(("answered", 0))
+
+    asyncio.run(serve())
+    log.close()
+    assert order.index(("write", 1)) < order.index(("fsync", 0)) < order.index(("answered", 0))
+
+
+def test_a_failed_write_fails_its_requests_and_the_next_batch_starts_a_new_segment(tmp_path: Path):
+    log = ImpressionLog(tmp_path)
+    log.submit([("r0", 0, "user", "champion", _body(0))]).result(timeout=10)
+    with pytest.raises(pa.ArrowException):  # a row the schema cannot hold
+        log.submit([("bad", "not a time", "user", "champion", _body(1))]).result(timeout=10)
+    log.submit([("r2", 0, "user", "champion", _body(2))]).result(timeout=10)
+    log.close()
+    assert [r["request_id"] for r in read_impressions(tmp_path).to_pylist()] == ["r0", "r2"]
+    assert log._pending_rows == 0
 
 
 def test_staged_lists_count_towards_the_backlog(tmp_path: Path):
