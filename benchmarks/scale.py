@@ -447,7 +447,7 @@ def render(results: list[dict[str, Any]], command: str, project_events: int = PR
         lines += _render_sizes(single)
     lines += ["", f"Machine: {(single or clusters)[-1]['machine']}, shared with other engineers' jobs (see load "
               "average).", ""]
-    lines += _render_clusters(single, clusters)
+    lines += _render_clusters(single, [r for r in results if held_to_one_thread(r)], clusters)
     if len([r for r in one_process(newest_code(results)) if r["complete"]]) >= 2:
         lines += _render_projection(projection(results), single[-1].get("memory_gb", _memory_gb()))
     pair = cluster_pair(results)
@@ -493,15 +493,21 @@ def _code(result: dict[str, Any]) -> str:
     return f"{result['commit']} ({result.get('threads', '?')}{changed})"
 
 
-def _render_clusters(single: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> list[str]:
-    """One table per cluster run: its stages next to the one-process run of the same size, and the workers' peak."""
+def _render_clusters(single: list[dict[str, Any]], one_thread: list[dict[str, Any]],
+                     clusters: list[dict[str, Any]]) -> list[str]:
+    """One table per cluster run: its stages next to the one-process run of the same size and code (on all cores,
+    else the one held to one thread), and the workers' peak."""
     if not clusters:
         return [f"The same size on local Dask workers: not measured: run `{CLUSTER_COMMAND}`.", ""]
     by_size = {r["events_requested"]: r for r in single}
+    by_size_one = {r["events_requested"]: r for r in one_thread}
     lines: list[str] = []
     for c in clusters:
-        n, base = c["workers"], by_size.get(c["events_requested"])
-        base = base if base is not None and code_of(base) == code_of(c) else None  # other code: not comparable
+        n, size = c["workers"], c["events_requested"]
+        comparable = [r for r in (by_size.get(size), by_size_one.get(size))
+                      if r is not None and code_of(r) == code_of(c)]  # other code: not comparable
+        base = comparable[0] if comparable else None
+        one = "one process s" if base is None or not held_to_one_thread(base) else "one process, one thread s"
         lines += [
             f"**The same size on {n} local Dask workers**: {_millions(c['events_requested'])} events "
             f"(`--workers {n}`, {c['date']}, code {_code(c)}): a LocalCluster of {n}",
@@ -512,7 +518,7 @@ def _render_clusters(single: list[dict[str, Any]], clusters: list[dict[str, Any]
                 "The one-process run of this size measured other code, so its column is left empty (`-`): "
                 "rerun both to compare."]),
             "",
-            f"| stage | one process s | {n} workers s | speed-up | stage process peak GB | biggest worker peak GB |",
+            f"| stage | {one} | {n} workers s | speed-up | stage process peak GB | biggest worker peak GB |",
             "| --- " * 6 + "|",
         ]
         for i, stage in enumerate(STAGES):
