@@ -6,9 +6,9 @@ model version, items and positions); ``read_impressions`` expands them to one ro
 request would cost a file and ~1 ms of disk each, so writes are group commits: the lists of one event-loop step
 are appended as one Arrow IPC record batch to the process's open segment
 (``<dir>/impressions/segment-<ns>-<id>.arrows``) and wait; one sync thread fsyncs the segment and releases every
-list written before that fsync. A segment is rolled after ``SEGMENT_ROWS`` lists. A crash can leave a torn last batch, which ``read_impressions``
-ignores: only acknowledged (fsynced) batches are ever read. Pending lists are bounded: past ``max_pending`` the
-request fails (503) instead of memory growing.
+list written before that fsync. A segment is rolled after ``SEGMENT_ROWS`` lists. A crash can leave a torn last
+batch, which ``read_impressions`` ignores: only acknowledged (fsynced) batches are ever read. Pending lists are
+bounded: past ``max_pending`` the request fails (503) instead of memory growing.
 """
 
 from __future__ import annotations
