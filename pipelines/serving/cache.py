@@ -43,7 +43,7 @@ class LRUCache:
 
     backend = "memory"
 
-    def __init__(self, size: int, max_bytes: int = 256 * 2**20):
+    def __init__(self, size: int, max_bytes: int):
         self.size, self.max_bytes = size, max_bytes
         self._groups: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         self._entries = self._bytes = 0
@@ -140,5 +140,5 @@ class RedisCache:
         await self.redis.close()
 
 
-def make_cache(redis_url: str | None, size: int, ttl_s: int, max_mb: int = 256) -> Cache:
+def make_cache(redis_url: str | None, size: int, ttl_s: int, max_mb: int) -> Cache:
     return RedisCache(redis_url, ttl_s) if redis_url else LRUCache(size, max_mb * 2**20)
