@@ -126,10 +126,7 @@ class ImpressionLog:
         """
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        with self._lock:
-            if self._pending_rows + 1 > self.max_pending:
-                raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
-            self._pending_rows += 1  # counted now, so the bound holds for staged rows too
+        self._reserve(1)  # counted now, so the bound holds for staged rows too
         staged = self._staged.setdefault(loop, [])
         staged.append(((request_id, time.time_ns() // 1000, surface, arm, body), done))
         if len(staged) == 1:
@@ -144,12 +141,16 @@ class ImpressionLog:
     def submit(self, rows: list[tuple[Any, ...]]) -> Future[None]:
         """Write ``rows`` as one batch from any thread; the future completes once they are fsynced."""
         done: Future[None] = Future()
-        with self._lock:
-            if self._pending_rows + len(rows) > self.max_pending:
-                raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
-            self._pending_rows += len(rows)
+        self._reserve(len(rows))
         self._write(rows, [done])
         return done
+
+    def _reserve(self, rows: int) -> None:
+        """Count ``rows`` as pending, or refuse them (``ImpressionBacklog``) past ``max_pending``."""
+        with self._lock:
+            if self._pending_rows + rows > self.max_pending:
+                raise ImpressionBacklog(f"impression log backlog over {self.max_pending} rows: disk too slow")
+            self._pending_rows += rows
 
     def _write(self, rows: list[tuple[Any, ...]], waiters: list[Waiter]) -> None:
         """One record batch of ``rows`` appended to the open segment; its ``waiters`` wait for the next fsync
@@ -165,13 +166,15 @@ class ImpressionLog:
                 self._segment_rows += len(rows)
                 if self._segment_rows >= SEGMENT_ROWS:
                     self._close_segment()  # fsyncs it: what it holds is on disk
+                self._queue_for_sync(rows, waiters)  # under the segment lock: see _sync
         except Exception as exc:
             with self._io:
                 self._close_segment_quietly()
             with self._lock:
                 self._pending_rows -= len(rows)
             _release(waiters, exc)
-            return
+
+    def _queue_for_sync(self, rows: list[tuple[Any, ...]], waiters: list[Waiter]) -> None:
         with self._lock:
             self._unsynced.extend(waiters)
             self._unsynced_rows += len(rows)
@@ -206,20 +209,28 @@ class ImpressionLog:
                 return
 
     def _sync(self, waiters: list[Waiter], rows: int) -> None:
-        """One fsync for every batch written so far, then their requests are released."""
-        exc: BaseException | None = None
+        """One fsync for every batch written so far, then their requests are released. A failed fsync fails them
+        and every row written to the segment since, and rolls the segment: the next batch starts a new one (after
+        a failed fsync the kernel may have dropped the pages, so a later fsync of that file proves nothing)."""
         with self._io:  # a duplicate descriptor: the segment may be rolled and closed during the fsync
             fd = os.dup(self._file.fileno()) if self._file is not None else None
         if fd is not None:  # None: the segment was rolled (and fsynced) since these rows were written
             try:
                 os.fsync(fd)
-            except OSError as error:
-                exc = error
+            except OSError as exc:
+                with self._io:  # no write queues rows meanwhile; those queued since are failed too (safe)
+                    self._close_segment_quietly()
+                    with self._lock:
+                        waiters, self._unsynced = waiters + self._unsynced, []
+                        rows, self._unsynced_rows = rows + self._unsynced_rows, 0
+                        self._pending_rows -= rows
+                _release(waiters, exc)
+                return
             finally:
                 os.close(fd)
         with self._lock:
             self._pending_rows -= rows
-        _release(waiters, exc)
+        _release(waiters, None)
 
     def _segment(self) -> pa.ipc.RecordBatchStreamWriter:
         if self._writer is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -125,6 +126,24 @@ def test_a_failed_write_fails_its_requests_and_the_next_batch_starts_a_new_segme
     log.submit([("r2", 0, "user", "champion", _body(2))]).result(timeout=10)
     log.close()
     assert [r["request_id"] for r in read_impressions(tmp_path).to_pylist()] == ["r0", "r2"]
+    assert log._pending_rows == 0
+
+
+def test_a_failed_fsync_fails_its_requests_and_the_next_batch_starts_a_new_segment(tmp_path: Path, monkeypatch):
+    log = ImpressionLog(tmp_path)
+    real_fsync, failures = os.fsync, [OSError(5, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failures and threading.current_thread().name == "impressions-fsync":  # not the directory's fsync
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError):
+        log.submit([("r0", 0, "user", "champion", _body(0))]).result(timeout=10)
+    log.submit([("r1", 0, "user", "champion", _body(1))]).result(timeout=10)
+    log.close()
+    assert len(list((tmp_path / "impressions").glob("segment-*.arrows"))) == 2
     assert log._pending_rows == 0
 
 
